@@ -1,0 +1,3 @@
+"""jaxembed: JAX/Flax training stack for text embedding models and rerankers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""jaxembed: JAX/Flax training stack for text embedding models and rerankers."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.4.35",
+    "flax>=0.10",
+    "optax>=0.2.3",
+    "orbax-checkpoint>=0.10",
+    "tensorflow-datasets>=4.9.7",
+    "transformers>=4.46",
+    "faiss-cpu>=1.8",
+    "ml-collections>=0.1.1",
+    "numpy>=1.26",
+    "safetensors>=0.4",
+    "tokenizers>=0.20",
+    "tqdm>=4.66",
+]
+
+TEST = [
+    "pytest>=8",
+    "ruff>=0.6",
+    # CPU build of PyTorch, the parity reference; never imported by the package itself.
+    "torch==2.13.0",
+    "sentence-transformers>=3.0",
+]
+
+setup(
+    name="jaxembed",
+    version="0.1.0",
+    description="JAX/Flax training stack for text embedding models and rerankers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["jaxembed", "jaxembed.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={"test": TEST},
+    entry_points={"console_scripts": ["jaxembed=jaxembed.cli:main"]},
+)

@@ -1,0 +1,35 @@
+"""Test set-up: 8 host CPU devices (for sharding tests) and the shared real-data assets."""
+
+import os
+
+# Must happen before jax is imported anywhere: tests exercise 8-device meshes on CPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """`$JAXEMBED_SHARED_DATA`, else `../shared/data` beside the checkout, else None."""
+    env = os.environ.get("JAXEMBED_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(_REPO_ROOT.parent / "shared" / "data")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real assets (stories260K, SciFact, MTEB results); skips the test when absent."""
+    found = shared_data_dir()
+    if found is None:
+        pytest.skip("shared assets not found: set JAXEMBED_SHARED_DATA or place them at ../shared/data")
+    return found
