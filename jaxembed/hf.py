@@ -1,0 +1,268 @@
+"""Hugging Face checkpoints ⇄ jaxembed params (import half).
+
+A local HF directory (config.json, safetensors weights, tokenizer files) of model_type
+llama, mistral or qwen2 becomes a `LlamaConfig` and a params pytree. Each parameter is built
+with `jax.make_array_from_callback`, so every device reads only its own shard from the
+memory-mapped files: no device (and no host buffer) ever holds a full extra copy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from jaxembed.errors import UserInputError
+from jaxembed.models.llama import LlamaConfig, param_shapes
+from jaxembed.safetensors_io import SafetensorsCheckpoint
+from jaxembed.sharding import param_shardings
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def read_hf_config(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserInputError(f"{directory}: model directory does not exist")
+    path = directory / "config.json"
+    if not path.is_file():
+        raise UserInputError(f"{path}: missing (not a Hugging Face model directory)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserInputError(f"{path}: invalid JSON ({e})") from e
+
+
+def _rope_settings(hf: dict[str, Any]) -> tuple[float, tuple[tuple[str, Any], ...] | None]:
+    # transformers v5 writes `rope_parameters`; v4 wrote `rope_theta` and `rope_scaling`.
+    params = hf.get("rope_parameters")
+    if params is not None:
+        theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    else:
+        theta = float(hf.get("rope_theta", 10000.0))
+        scaling = dict(hf.get("rope_scaling") or {})
+    if scaling.get("rope_type", scaling.get("type", "default")) == "default":
+        return theta, None
+    return theta, tuple(sorted(scaling.items()))
+
+
+def llama_config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> LlamaConfig:
+    """Translate a HF config dict; unsupported features are errors, never silently ignored."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UserInputError(
+            f"{source}: model_type {model_type!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    if hf.get("hidden_act", "silu") != "silu":
+        raise UserInputError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (silu)")
+    if hf.get("mlp_bias"):
+        raise UserInputError(f"{source}: mlp_bias=true is not supported")
+    if model_type == "llama" and hf.get("attention_bias"):
+        raise UserInputError(f"{source}: attention_bias=true on llama (o_proj bias) is not supported")
+    sliding_window = hf.get("sliding_window") if model_type == "mistral" else None
+    if model_type == "qwen2" and hf.get("use_sliding_window"):
+        raise UserInputError(f"{source}: qwen2 use_sliding_window=true is not supported")
+    theta, scaling = _rope_settings(hf)
+    try:
+        settings = dict(
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=int(hf["hidden_size"]),
+            intermediate_size=int(hf["intermediate_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=int(hf["num_attention_heads"]),
+            num_kv_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
+        )
+    except KeyError as e:
+        raise UserInputError(f"{source}: missing key {e.args[0]!r}") from e
+    settings.update(
+        head_dim=hf.get("head_dim"),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+        attention_bias=model_type == "qwen2",
+        sliding_window=int(sliding_window) if sliding_window else None,
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+    settings.update(overrides)
+    return LlamaConfig(**settings)
+
+
+# --- weight mapping ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightMap:
+    """One jaxembed param ⇄ one HF tensor (per layer when `per_layer`)."""
+
+    path: tuple[str, ...]
+    hf_name: str  # with "{i}" for the layer index
+    per_layer: bool
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    hf_shape: Callable[[LlamaConfig], tuple[int, ...]]
+
+
+def _t(w: np.ndarray) -> np.ndarray:
+    return w.T
+
+
+def weight_maps(config: LlamaConfig) -> list[WeightMap]:
+    h, d = config.hidden_size, config.resolved_head_dim
+    nq, nkv, inter = config.num_heads, config.num_kv_heads, config.intermediate_size
+    layer = "model.layers.{i}."
+    maps = [
+        WeightMap(("embed_tokens", "embedding"), "model.embed_tokens.weight", False,
+                  lambda w: w, lambda c: (c.vocab_size, h)),
+        WeightMap(("norm", "scale"), "model.norm.weight", False, lambda w: w, lambda c: (h,)),
+        WeightMap(("layers", "input_layernorm", "scale"), layer + "input_layernorm.weight",
+                  True, lambda w: w, lambda c: (h,)),
+        WeightMap(("layers", "post_attention_layernorm", "scale"),
+                  layer + "post_attention_layernorm.weight", True, lambda w: w, lambda c: (h,)),
+        WeightMap(("layers", "self_attn", "o_proj", "kernel"), layer + "self_attn.o_proj.weight",
+                  True, lambda w: w.T.reshape(nq, d, h), lambda c: (h, nq * d)),
+        WeightMap(("layers", "mlp", "gate_proj", "kernel"), layer + "mlp.gate_proj.weight",
+                  True, _t, lambda c: (inter, h)),
+        WeightMap(("layers", "mlp", "up_proj", "kernel"), layer + "mlp.up_proj.weight",
+                  True, _t, lambda c: (inter, h)),
+        WeightMap(("layers", "mlp", "down_proj", "kernel"), layer + "mlp.down_proj.weight",
+                  True, _t, lambda c: (h, inter)),
+    ]
+    for name, heads in (("q_proj", nq), ("k_proj", nkv), ("v_proj", nkv)):
+        maps.append(
+            WeightMap(("layers", "self_attn", name, "kernel"), layer + f"self_attn.{name}.weight",
+                      True, lambda w, n=heads: w.T.reshape(h, n, d), lambda c, n=heads: (n * d, h))
+        )
+        if config.attention_bias:
+            maps.append(
+                WeightMap(("layers", "self_attn", name, "bias"), layer + f"self_attn.{name}.bias",
+                          True, lambda w, n=heads: w.reshape(n, d), lambda c, n=heads: (n * d,))
+            )
+    if config.with_lm_head and not config.tie_word_embeddings:
+        maps.append(WeightMap(("lm_head", "kernel"), "lm_head.weight", False, _t,
+                              lambda c: (c.vocab_size, h)))
+    return maps
+
+
+def _resolve_prefix(checkpoint: SafetensorsCheckpoint) -> str:
+    """Checkpoints of a bare `LlamaModel` have no "model." prefix; CausalLM ones do."""
+    if "model.embed_tokens.weight" in checkpoint:
+        return "model."
+    if "embed_tokens.weight" in checkpoint:
+        return ""
+    raise UserInputError(
+        f"{checkpoint.directory}: no embed_tokens.weight or model.embed_tokens.weight tensor"
+    )
+
+
+def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def load_params(
+    directory: str | Path,
+    config: LlamaConfig,
+    mesh: Mesh | None = None,
+    shardings: Any = None,
+) -> dict[str, Any]:
+    """Read HF safetensors into the params pytree, each array built shard by shard."""
+    directory = Path(directory)
+    checkpoint = SafetensorsCheckpoint(directory)
+    prefix = _resolve_prefix(checkpoint)
+    abstract = param_shapes(config)
+    if shardings is None:
+        if mesh is None:
+            device = jax.devices()[0]
+            shardings = jax.tree_util.tree_map(
+                lambda _: jax.sharding.SingleDeviceSharding(device),
+                abstract,
+                is_leaf=lambda x: isinstance(x, nn.Partitioned),
+            )
+        else:
+            shardings = param_shardings(abstract, mesh)
+    unboxed = nn.meta.unbox(abstract)
+    dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
+    params: dict[str, Any] = {}
+    for wmap in weight_maps(config):
+        names = _hf_names(wmap, prefix, config)
+        expected = wmap.hf_shape(config)
+        for name in names:
+            if name not in checkpoint:
+                raise UserInputError(f"{directory}: weight {name!r} is missing from the checkpoint")
+            if checkpoint.shape(name) != expected:
+                raise UserInputError(
+                    f"{checkpoint.location(name)}: weight {name!r} has shape "
+                    f"{checkpoint.shape(name)}, expected {expected} from config.json"
+                )
+        target = _lookup(unboxed, wmap.path)
+        sharding = _lookup(shardings, wmap.path)
+        _set_path(
+            params,
+            wmap.path,
+            _build_array(checkpoint, names, wmap, target.shape, dtype, sharding),
+        )
+    return params
+
+
+def _hf_names(wmap: WeightMap, prefix: str, config: LlamaConfig) -> list[str]:
+    name = wmap.hf_name
+    if name.startswith("model."):
+        name = prefix + name[len("model.") :]
+    if wmap.per_layer:
+        return [name.format(i=i) for i in range(config.num_layers)]
+    return [name]
+
+
+def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _build_array(
+    checkpoint: SafetensorsCheckpoint,
+    names: list[str],
+    wmap: WeightMap,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    sharding: NamedSharding,
+) -> jax.Array:
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        if wmap.per_layer:
+            layers = range(len(names))[index[0]]
+            return np.stack(
+                [np.asarray(wmap.to_ours(checkpoint.get(names[i])))[index[1:]] for i in layers]
+            ).astype(dtype)
+        return np.asarray(wmap.to_ours(checkpoint.get(names[0]))[index]).astype(dtype)
+
+    return jax.make_array_from_callback(shape, sharding, read)
+
+
+def find_tokenizer_files(directory: Path) -> list[str]:
+    return [name for name in TOKENIZER_FILES if (Path(directory) / name).is_file()]
+
+
+def load_tokenizer(directory: str | Path) -> Any:
+    """The directory's HF fast tokenizer, offline."""
+    directory = Path(directory)
+    if not find_tokenizer_files(directory):
+        raise UserInputError(
+            f"{directory}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})"
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"{directory}: cannot load tokenizer ({e})") from e

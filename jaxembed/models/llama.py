@@ -1,0 +1,330 @@
+"""The Llama family (Llama 2/3, Mistral, Qwen2) as one Flax Linen backbone.
+
+The same weights serve two attention modes chosen at call time: bidirectional (padding mask
+only, what the embedding and reranking recipes use) and causal (the pretrained LM, used to
+prove the weights load correctly). Layers are stacked with `nn.scan` so compile time does not
+grow with depth, and every parameter carries logical axis names that `jaxembed.sharding`
+maps onto the ('data', 'fsdp', 'tensor') mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxembed.models.rope import rope_inverse_frequencies
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Architecture of a Llama-family model (HF names in the comments)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int  # num_hidden_layers
+    num_heads: int  # num_attention_heads
+    num_kv_heads: int  # num_key_value_heads
+    head_dim: int | None = None  # explicit head size; default hidden_size // num_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None  # HF rope_scaling dict as items
+    max_position_embeddings: int = 2048
+    attention_bias: bool = False  # q/k/v bias (Qwen2)
+    sliding_window: int | None = None  # Mistral; None = full attention
+    tie_word_embeddings: bool = False
+    with_lm_head: bool = False  # keep an untied output projection (encoders drop it)
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}"
+            )
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def rope_scaling_dict(self) -> dict[str, Any] | None:
+        return dict(self.rope_scaling) if self.rope_scaling else None
+
+    def num_params(self) -> int:
+        """Parameter count of the backbone (plus the untied head when kept)."""
+        h, d = self.hidden_size, self.resolved_head_dim
+        q_out, kv_out = self.num_heads * d, self.num_kv_heads * d
+        attn = h * q_out + 2 * h * kv_out + q_out * h
+        if self.attention_bias:
+            attn += q_out + 2 * kv_out
+        per_layer = attn + 3 * h * self.intermediate_size + 2 * h
+        head = self.vocab_size * h if self.with_lm_head and not self.tie_word_embeddings else 0
+        return self.vocab_size * h + self.num_layers * per_layer + h + head
+
+
+def _dense_init(axes: tuple[str | None, ...]) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(nn.initializers.normal(0.02), axes)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        # Variance in f32 and the weight applied after casting back, as HF does.
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return jnp.asarray(scale, self.dtype) * normed.astype(self.dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate the two halves of each head ([B, T, heads, head_dim]) like HF's rotate_half."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos = cos[:, :, None, :]
+    sin = sin[:, :, None, :]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, cos: jax.Array, sin: jax.Array
+    ) -> jax.Array:
+        cfg = self.config
+        d = cfg.resolved_head_dim
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+        def project(name: str, heads: int, head_axis: str) -> jax.Array:
+            return nn.DenseGeneral(
+                (heads, d),
+                use_bias=cfg.attention_bias,
+                dtype=dtype,
+                param_dtype=pdtype,
+                kernel_init=_dense_init(("embed", head_axis, "head_dim")),
+                bias_init=nn.with_logical_partitioning(
+                    nn.initializers.zeros, (head_axis, "head_dim")
+                ),
+                name=name,
+            )(x)
+
+        q = project("q_proj", cfg.num_heads, "heads")
+        k = project("k_proj", cfg.num_kv_heads, "kv_heads")
+        v = project("v_proj", cfg.num_kv_heads, "kv_heads")
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        # GQA is handled inside dot_product_attention (query heads grouped over kv heads).
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask, scale=1.0 / math.sqrt(d), implementation=cfg.attention_impl
+        )
+        return nn.DenseGeneral(
+            cfg.hidden_size,
+            axis=(-2, -1),
+            use_bias=False,
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=_dense_init(("heads", "head_dim", "embed")),
+            name="o_proj",
+        )(out)
+
+
+class MLP(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+        def dense(name: str, features: int, axes: tuple[str, str]) -> nn.Dense:
+            return nn.Dense(
+                features,
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=pdtype,
+                kernel_init=_dense_init(axes),
+                name=name,
+            )
+
+        gate = dense("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+        up = dense("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+        return dense("down_proj", cfg.hidden_size, ("mlp", "embed"))(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm attention + SwiGLU block; the (carry, None) signature is what nn.scan wants."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, cos: jax.Array, sin: jax.Array
+    ) -> tuple[jax.Array, None]:
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed_act"))
+        h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_layernorm")(x)
+        x = x + Attention(cfg, name="self_attn")(h, mask, cos, sin)
+        h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attention_layernorm")(x)
+        x = x + MLP(cfg, name="mlp")(h)
+        return x, None
+
+
+def attention_mask(
+    padding_mask: jax.Array, *, causal: bool, sliding_window: int | None
+) -> jax.Array:
+    """Boolean [B, 1, T, T] mask: key must be a real token, and (causal) not in the future,
+    and (sliding window) within the last `sliding_window` positions, as HF Mistral counts them.
+    """
+    keep = padding_mask.astype(bool)[:, None, None, :]
+    t = padding_mask.shape[1]
+    qi = jnp.arange(t)[:, None]
+    ki = jnp.arange(t)[None, :]
+    if causal:
+        keep = keep & (ki <= qi)[None, None]
+    if sliding_window is not None:
+        window = jnp.abs(qi - ki) < sliding_window if not causal else (qi - ki) < sliding_window
+        keep = keep & window[None, None]
+    return keep
+
+
+def positions_from_mask(padding_mask: jax.Array) -> jax.Array:
+    """Position ids that count only real tokens, so left and right padding embed alike."""
+    mask = padding_mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+class LlamaModel(nn.Module):
+    """Token ids → final-norm hidden states [B, T, hidden]; `logits` adds the LM head."""
+
+    config: LlamaConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=dtype,
+            param_dtype=pdtype,
+            embedding_init=_dense_init(("vocab", "embed")),
+        )
+        layer = DecoderLayer
+        policy = REMAT_POLICIES[cfg.remat_policy]
+        if cfg.remat_policy != "none":
+            layer = nn.remat(layer, policy=policy, prevent_cse=False)
+        self.layers = nn.scan(
+            layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg)
+        self.norm = RMSNorm(cfg.rms_norm_eps, dtype, pdtype)
+        if cfg.with_lm_head and not cfg.tie_word_embeddings:
+            self.lm_head = nn.Dense(
+                cfg.vocab_size,
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=pdtype,
+                kernel_init=_dense_init(("embed", "vocab")),
+            )
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        padding_mask: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        *,
+        causal: bool = False,
+    ) -> jax.Array:
+        cfg = self.config
+        if padding_mask is None:
+            padding_mask = jnp.ones(input_ids.shape, jnp.int32)
+        if position_ids is None:
+            position_ids = positions_from_mask(padding_mask)
+        inv_freq = jnp.asarray(
+            rope_inverse_frequencies(
+                cfg.resolved_head_dim,
+                cfg.rope_theta,
+                cfg.rope_scaling_dict,
+                cfg.max_position_embeddings,
+            )
+        )
+        # Angles in f32 regardless of compute dtype: bf16 positions lose precision past 256.
+        angles = position_ids.astype(jnp.float32)[..., None] * inv_freq
+        angles = jnp.concatenate([angles, angles], axis=-1)
+        dtype = jnp.dtype(cfg.dtype)
+        cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+        mask = attention_mask(padding_mask, causal=causal, sliding_window=cfg.sliding_window)
+        x = self.embed_tokens(input_ids)
+        x, _ = self.layers(x, mask, cos, sin)
+        return self.norm(x)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Vocabulary logits in f32 from hidden states (tied embedding or untied head)."""
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.attend(hidden).astype(jnp.float32)
+        if not self.config.with_lm_head:
+            raise ValueError("this LlamaModel was built without an LM head (with_lm_head=False)")
+        return self.lm_head(hidden).astype(jnp.float32)
+
+
+def param_shapes(config: LlamaConfig) -> Any:
+    """The params pytree as ShapeDtypeStructs (with logical-axis boxes), without allocating."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(
+        lambda: LlamaModel(config).init(jax.random.PRNGKey(0), ids, method=_init_all)
+    )["params"]
+
+
+def _init_all(module: LlamaModel, ids: jax.Array) -> jax.Array:
+    """Init entry point touching every submodule, the LM head included."""
+    hidden = module(ids)
+    if module.config.tie_word_embeddings or module.config.with_lm_head:
+        return module.logits(hidden)
+    return hidden
+
+
+def init_params(config: LlamaConfig, rng: jax.Array) -> Any:
+    """Randomly initialized params (logical-axis boxes removed)."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    variables = LlamaModel(config).init(rng, ids, method=_init_all)
+    return nn.meta.unbox(variables["params"])
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    return np.dtype(jnp.dtype(name))
