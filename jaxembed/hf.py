@@ -55,7 +55,9 @@ def _rope_settings(hf: dict[str, Any]) -> tuple[float, tuple[tuple[str, Any], ..
     return theta, tuple(sorted(scaling.items()))
 
 
-def llama_config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> LlamaConfig:
+def llama_config_from_hf(
+    hf: dict[str, Any], source: str = "config.json", **overrides: Any
+) -> LlamaConfig:
     """Translate a HF config dict; unsupported features are errors, never silently ignored."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -68,7 +70,9 @@ def llama_config_from_hf(hf: dict[str, Any], source: str = "config.json", **over
     if hf.get("mlp_bias"):
         raise UserInputError(f"{source}: mlp_bias=true is not supported")
     if model_type == "llama" and hf.get("attention_bias"):
-        raise UserInputError(f"{source}: attention_bias=true on llama (o_proj bias) is not supported")
+        raise UserInputError(
+            f"{source}: attention_bias=true on llama (o_proj bias) is not supported"
+        )
     sliding_window = hf.get("sliding_window") if model_type == "mistral" else None
     if model_type == "qwen2" and hf.get("use_sliding_window"):
         raise UserInputError(f"{source}: qwen2 use_sliding_window=true is not supported")
@@ -121,35 +125,83 @@ def weight_maps(config: LlamaConfig) -> list[WeightMap]:
     nq, nkv, inter = config.num_heads, config.num_kv_heads, config.intermediate_size
     layer = "model.layers.{i}."
     maps = [
-        WeightMap(("embed_tokens", "embedding"), "model.embed_tokens.weight", False,
-                  lambda w: w, lambda c: (c.vocab_size, h)),
+        WeightMap(
+            ("embed_tokens", "embedding"),
+            "model.embed_tokens.weight",
+            False,
+            lambda w: w,
+            lambda c: (c.vocab_size, h),
+        ),
         WeightMap(("norm", "scale"), "model.norm.weight", False, lambda w: w, lambda c: (h,)),
-        WeightMap(("layers", "input_layernorm", "scale"), layer + "input_layernorm.weight",
-                  True, lambda w: w, lambda c: (h,)),
-        WeightMap(("layers", "post_attention_layernorm", "scale"),
-                  layer + "post_attention_layernorm.weight", True, lambda w: w, lambda c: (h,)),
-        WeightMap(("layers", "self_attn", "o_proj", "kernel"), layer + "self_attn.o_proj.weight",
-                  True, lambda w: w.T.reshape(nq, d, h), lambda c: (h, nq * d)),
-        WeightMap(("layers", "mlp", "gate_proj", "kernel"), layer + "mlp.gate_proj.weight",
-                  True, _t, lambda c: (inter, h)),
-        WeightMap(("layers", "mlp", "up_proj", "kernel"), layer + "mlp.up_proj.weight",
-                  True, _t, lambda c: (inter, h)),
-        WeightMap(("layers", "mlp", "down_proj", "kernel"), layer + "mlp.down_proj.weight",
-                  True, _t, lambda c: (h, inter)),
+        WeightMap(
+            ("layers", "input_layernorm", "scale"),
+            layer + "input_layernorm.weight",
+            True,
+            lambda w: w,
+            lambda c: (h,),
+        ),
+        WeightMap(
+            ("layers", "post_attention_layernorm", "scale"),
+            layer + "post_attention_layernorm.weight",
+            True,
+            lambda w: w,
+            lambda c: (h,),
+        ),
+        WeightMap(
+            ("layers", "self_attn", "o_proj", "kernel"),
+            layer + "self_attn.o_proj.weight",
+            True,
+            lambda w: w.T.reshape(nq, d, h),
+            lambda c: (h, nq * d),
+        ),
+        WeightMap(
+            ("layers", "mlp", "gate_proj", "kernel"),
+            layer + "mlp.gate_proj.weight",
+            True,
+            _t,
+            lambda c: (inter, h),
+        ),
+        WeightMap(
+            ("layers", "mlp", "up_proj", "kernel"),
+            layer + "mlp.up_proj.weight",
+            True,
+            _t,
+            lambda c: (inter, h),
+        ),
+        WeightMap(
+            ("layers", "mlp", "down_proj", "kernel"),
+            layer + "mlp.down_proj.weight",
+            True,
+            _t,
+            lambda c: (h, inter),
+        ),
     ]
     for name, heads in (("q_proj", nq), ("k_proj", nkv), ("v_proj", nkv)):
         maps.append(
-            WeightMap(("layers", "self_attn", name, "kernel"), layer + f"self_attn.{name}.weight",
-                      True, lambda w, n=heads: w.T.reshape(h, n, d), lambda c, n=heads: (n * d, h))
+            WeightMap(
+                ("layers", "self_attn", name, "kernel"),
+                layer + f"self_attn.{name}.weight",
+                True,
+                lambda w, n=heads: w.T.reshape(h, n, d),
+                lambda c, n=heads: (n * d, h),
+            )
         )
         if config.attention_bias:
             maps.append(
-                WeightMap(("layers", "self_attn", name, "bias"), layer + f"self_attn.{name}.bias",
-                          True, lambda w, n=heads: w.reshape(n, d), lambda c, n=heads: (n * d,))
+                WeightMap(
+                    ("layers", "self_attn", name, "bias"),
+                    layer + f"self_attn.{name}.bias",
+                    True,
+                    lambda w, n=heads: w.reshape(n, d),
+                    lambda c, n=heads: (n * d,),
+                )
             )
     if config.with_lm_head and not config.tie_word_embeddings:
-        maps.append(WeightMap(("lm_head", "kernel"), "lm_head.weight", False, _t,
-                              lambda c: (c.vocab_size, h)))
+        maps.append(
+            WeightMap(
+                ("lm_head", "kernel"), "lm_head.weight", False, _t, lambda c: (c.vocab_size, h)
+            )
+        )
     return maps
 
 

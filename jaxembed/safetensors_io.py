@@ -59,7 +59,9 @@ class SafetensorsFile:
         entry = self._entries[name]
         dtype = _DTYPES.get(entry["dtype"])
         if dtype is None:
-            raise UserInputError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+            raise UserInputError(
+                f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}"
+            )
         if self._mmap is None:
             self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
         begin, end = entry["data_offsets"]

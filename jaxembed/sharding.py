@@ -48,12 +48,12 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     known = math.prod(s for s in shape if s != -1)
     if any(s == 0 or s < -1 for s in shape) or num_devices % known:
         raise UserInputError(
-            f"mesh shape {dict(zip(MESH_AXES, shape))} does not fit {num_devices} devices"
+            f"mesh shape {dict(zip(MESH_AXES, shape, strict=True))} does not fit {num_devices} devices"
         )
     resolved = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(resolved) != num_devices:
         raise UserInputError(
-            f"mesh {dict(zip(MESH_AXES, resolved))} uses {math.prod(resolved)} devices "
+            f"mesh {dict(zip(MESH_AXES, resolved, strict=True))} uses {math.prod(resolved)} devices "
             f"but {num_devices} are available"
         )
     return resolved
@@ -88,7 +88,7 @@ def logical_to_spec(
     table = dict(rules)
     used: set[str] = set()
     spec = []
-    for name, dim in zip(logical_axes, shape):
+    for name, dim in zip(logical_axes, shape, strict=True):
         axes = table.get(name) if name is not None else None
         if isinstance(axes, str):
             axes = (axes,)

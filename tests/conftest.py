@@ -31,5 +31,7 @@ def shared_data() -> Path:
     """The real assets (stories260K, SciFact, MTEB results); skips the test when absent."""
     found = shared_data_dir()
     if found is None:
-        pytest.skip("shared assets not found: set JAXEMBED_SHARED_DATA or place them at ../shared/data")
+        pytest.skip(
+            "shared assets not found: set JAXEMBED_SHARED_DATA or place them at ../shared/data"
+        )
     return found

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import make_hf_model, random_batch
 
 from jaxembed import hf
 from jaxembed.models.llama import LlamaModel
-from tiny_models import make_hf_model, random_batch
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -23,7 +23,10 @@ VARIANTS = {
     "llama3": ("llama", {"rope_parameters": {"rope_theta": 500000.0, **LLAMA3_ROPE}}),
     "llama_linear_headdim": (
         "llama",
-        {"head_dim": 16, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "linear", "factor": 2.0}},
+        {
+            "head_dim": 16,
+            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "linear", "factor": 2.0},
+        },
     ),
     # a window shorter than the sequence, so it really cuts attention in causal mode
     "mistral_window": ("mistral", {"sliding_window": 5}),

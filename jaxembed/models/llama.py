@@ -120,9 +120,7 @@ class Attention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(
-        self, x: jax.Array, mask: jax.Array, cos: jax.Array, sin: jax.Array
-    ) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
         cfg = self.config
         d = cfg.resolved_head_dim
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)

@@ -21,7 +21,9 @@ def rope_inverse_frequencies(
     `scaling` is HF's `rope_scaling` dict: `{"rope_type": "linear", "factor": f}` divides the
     frequencies by f; `{"rope_type": "llama3", ...}` is Llama 3.1's band-wise rescaling.
     """
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim)
+    )
     rope_type = _rope_type(scaling)
     if rope_type == "default":
         return inv_freq.astype(np.float32)
