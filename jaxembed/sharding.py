@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxembed.errors import UserInputError
@@ -38,6 +39,10 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def _named(shape: Sequence[int]) -> dict[str, int]:
+    return dict(zip(MESH_AXES, shape, strict=True))
+
+
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     """Replace a single -1 by what is left of the devices; check the product."""
     shape = tuple(int(s) for s in shape)
@@ -48,12 +53,12 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     known = math.prod(s for s in shape if s != -1)
     if any(s == 0 or s < -1 for s in shape) or num_devices % known:
         raise UserInputError(
-            f"mesh shape {dict(zip(MESH_AXES, shape, strict=True))} does not fit {num_devices} devices"
+            f"mesh shape {_named(shape)} does not fit {num_devices} devices"
         )
     resolved = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(resolved) != num_devices:
         raise UserInputError(
-            f"mesh {dict(zip(MESH_AXES, resolved, strict=True))} uses {math.prod(resolved)} devices "
+            f"mesh {_named(resolved)} uses {math.prod(resolved)} devices "
             f"but {num_devices} are available"
         )
     return resolved
@@ -64,7 +69,7 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None =
     devices = list(jax.devices() if devices is None else devices)
     resolved = resolve_mesh_shape(shape, len(devices))
     try:
-        device_grid = jax.experimental.mesh_utils.create_device_mesh(resolved, devices)
+        device_grid = mesh_utils.create_device_mesh(resolved, devices)
     except (ValueError, NotImplementedError, AssertionError):
         device_grid = np.asarray(devices).reshape(resolved)
     return Mesh(device_grid, MESH_AXES)

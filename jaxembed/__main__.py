@@ -1,0 +1,5 @@
+import sys
+
+from jaxembed.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""The `jaxembed` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jaxembed.errors import UserInputError
+
+
+def _parse_mesh(text: str) -> tuple[int, int, int]:
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3:
+        raise argparse.ArgumentTypeError(f"--mesh {text!r}: expected DATA,FSDP,TENSOR, e.g. -1,1,1")
+    return sizes  # type: ignore[return-value]
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from jaxembed.io_utils import atomic_file
+    from jaxembed.jsonl import read_texts
+    from jaxembed.models.encoder import Encoder
+    from jaxembed.sharding import make_mesh
+
+    texts = read_texts(args.input)
+    mesh = make_mesh(args.mesh)
+    encoder = Encoder.from_pretrained(args.model, mesh=mesh, dtype=args.dtype)
+    embeddings = encoder.encode(
+        texts,
+        instruction=args.instruction,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        show_progress=not args.quiet,
+    )
+    with atomic_file(args.output) as tmp, open(tmp, "wb") as f:
+        np.save(f, embeddings.astype(np.float32))
+    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from jaxembed.demo import run_demo
+
+    run_demo(args.workdir, seed=args.seed)
+
+
+def cmd_convert_llama2c(args: argparse.Namespace) -> None:
+    from jaxembed import llama2c
+
+    out = llama2c.convert(args.checkpoint, args.tokenizer, args.output)
+    print(f"wrote Hugging Face Llama directory {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxembed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    enc = sub.add_parser("encode", help="embed a JSONL file of {'text': ...} lines")
+    enc.add_argument("--model", required=True, help="local HF directory (llama/mistral/qwen2)")
+    enc.add_argument("--input", required=True, help="JSONL, one {'text': str} per line")
+    enc.add_argument("--output", required=True, help=".npy file of float32 embeddings")
+    enc.add_argument("--instruction", default=None, help="query task; adds the Instruct prefix")
+    enc.add_argument("--batch-size", type=int, default=32)
+    enc.add_argument("--max-length", type=int, default=512)
+    enc.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32)")
+    enc.add_argument("--mesh", type=_parse_mesh, default=(-1, 1, 1), help="DATA,FSDP,TENSOR")
+    enc.add_argument("--quiet", action="store_true", help="no progress bar")
+    enc.set_defaults(func=cmd_encode)
+
+    demo = sub.add_parser("demo", help="offline end-to-end run on a built-in default")
+    demo.add_argument("--workdir", default="workdirs/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    conv = sub.add_parser("convert-llama2c", help="llama2.c checkpoint + tokenizer → HF dir")
+    conv.add_argument("--checkpoint", required=True)
+    conv.add_argument("--tokenizer", required=True)
+    conv.add_argument("--output", required=True)
+    conv.set_defaults(func=cmd_convert_llama2c)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserInputError as e:
+        print(f"jaxembed {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

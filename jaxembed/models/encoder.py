@@ -1,0 +1,199 @@
+"""Bi-encoder inference: tokenizer + bidirectional backbone + pooling + L2 norm.
+
+`Encoder.encode` sorts texts by length and pads each batch to one of a few bucket lengths
+(and always to the same batch size), so a corpus of any size compiles at most once per
+bucket. On a mesh, params keep their FSDP/tensor shardings and the batch is split over
+('data', 'fsdp').
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from jaxembed import hf
+from jaxembed.errors import UserInputError
+from jaxembed.models.llama import LlamaConfig, LlamaModel, param_shapes
+from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool
+from jaxembed.sharding import batch_sharding, data_parallel_size, param_shardings, replicated
+
+QUERY_TEMPLATE = "Instruct: {task}\nQuery: {text}"
+MIN_BUCKET = 16
+
+
+def format_query(text: str, instruction: str | None, template: str = QUERY_TEMPLATE) -> str:
+    """The recipes' query format; documents (instruction None) get no prefix."""
+    return text if not instruction else template.format(task=instruction, text=text)
+
+
+def bucket_lengths(max_length: int) -> list[int]:
+    """Powers of two from MIN_BUCKET up to, and always including, `max_length`."""
+    buckets, size = [], MIN_BUCKET
+    while size < max_length:
+        buckets.append(size)
+        size *= 2
+    return buckets + [max_length]
+
+
+@dataclass(frozen=True)
+class PoolingSettings:
+    mode: str = "mean"
+    normalize: bool = True
+    exclude_instruction: bool = False  # NV-Retriever: attend to the instruction, don't pool it
+
+    def __post_init__(self) -> None:
+        if self.mode not in POOLING_MODES:
+            raise UserInputError(f"pooling mode {self.mode!r} is not one of {POOLING_MODES}")
+
+
+def read_pooling_settings(directory: str | Path) -> PoolingSettings:
+    """From config.json's "jaxembed" section, else sentence-transformers' modules, else mean."""
+    directory = Path(directory)
+    own = hf.read_hf_config(directory).get("jaxembed", {}).get("pooling")
+    if own:
+        return PoolingSettings(**own)
+    modules_path = directory / "modules.json"
+    if not modules_path.is_file():
+        return PoolingSettings()
+    modules = json.loads(modules_path.read_text())
+    settings: dict[str, Any] = {"normalize": False}
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("Normalize"):
+            settings["normalize"] = True
+        elif kind.endswith("Pooling"):
+            cfg = json.loads((directory / module["path"] / "config.json").read_text())
+            if cfg.get("pooling_mode_lasttoken"):
+                settings["mode"] = "last"
+            elif cfg.get("pooling_mode_cls_token"):
+                settings["mode"] = "first"
+            elif cfg.get("pooling_mode_mean_tokens", True):
+                settings["mode"] = "mean"
+            else:
+                raise UserInputError(f"{directory / module['path']}: unsupported pooling {cfg}")
+    return PoolingSettings(**settings)
+
+
+class Encoder:
+    """Embeds texts with a Llama-family backbone in bidirectional mode."""
+
+    def __init__(
+        self,
+        config: LlamaConfig,
+        params: Any,
+        tokenizer: Any,
+        pooling: PoolingSettings = PoolingSettings(),
+        mesh: Mesh | None = None,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.mesh = mesh
+        self._model = LlamaModel(config)
+        if mesh is not None:
+            params = jax.device_put(params, param_shardings(param_shapes(config), mesh))
+        self.params = params
+        self._embed = self._compile_embed()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        mesh: Mesh | None = None,
+        dtype: str | None = None,
+        pooling: PoolingSettings | None = None,
+    ) -> Encoder:
+        """Load a local HF directory (llama/mistral/qwen2), placing weights shard by shard."""
+        directory = Path(directory)
+        overrides = {"dtype": dtype, "param_dtype": dtype} if dtype else {}
+        config = hf.llama_config_from_hf(
+            hf.read_hf_config(directory), str(directory / "config.json"), **overrides
+        )
+        tokenizer = hf.load_tokenizer(directory)
+        shardings = param_shardings(param_shapes(config), mesh) if mesh is not None else None
+        params = hf.load_params(directory, config, mesh=mesh, shardings=shardings)
+        return cls(config, params, tokenizer, pooling or read_pooling_settings(directory), mesh)
+
+    def _compile_embed(self):
+        model, settings = self._model, self.pooling
+
+        def embed(params: Any, ids: jax.Array, mask: jax.Array, pool_mask: jax.Array) -> jax.Array:
+            hidden = model.apply({"params": params}, ids, mask, causal=False)
+            pooled = pool(hidden, mask, settings.mode, pool_mask)
+            return l2_normalize(pooled) if settings.normalize else pooled
+
+        if self.mesh is None:
+            return jax.jit(embed)
+        rows = batch_sharding(self.mesh)
+        return jax.jit(
+            embed,
+            in_shardings=(param_shardings(param_shapes(self.config), self.mesh), rows, rows, rows),
+            out_shardings=replicated(self.mesh),
+        )
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return 0 if pad is None else int(pad)
+
+    def tokenize(
+        self, texts: Sequence[str], instruction: str | None, max_length: int
+    ) -> tuple[list[list[int]], list[int]]:
+        """Token ids per text, and how many leading tokens belong to the instruction prefix."""
+        formatted = [format_query(t, instruction) for t in texts]
+        ids = self.tokenizer(formatted, truncation=True, max_length=max_length)["input_ids"]
+        prefix_len = 0
+        if instruction and self.pooling.exclude_instruction:
+            prefix = format_query("", instruction)
+            prefix_len = len(self.tokenizer(prefix, add_special_tokens=True)["input_ids"])
+        return ids, [min(prefix_len, len(x) - 1) for x in ids]
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        instruction: str | None = None,
+        batch_size: int = 32,
+        max_length: int = 512,
+        show_progress: bool = True,
+    ) -> np.ndarray:
+        """Embeddings [len(texts), hidden] (float32) in input order."""
+        if max_length < 1 or batch_size < 1:
+            raise UserInputError(
+                f"batch_size={batch_size} and max_length={max_length} must be >= 1"
+            )
+        if self.mesh is not None:
+            # Every device must get whole rows: round the batch up to the data-parallel size.
+            dp = data_parallel_size(self.mesh)
+            batch_size = -(-batch_size // dp) * dp
+        ids, prefix_lens = self.tokenize(texts, instruction, max_length)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        buckets = bucket_lengths(max_length)
+        out = np.zeros((len(ids), self.config.hidden_size), np.float32)
+        pad = self._pad_id()
+        for start in tqdm(
+            range(0, len(order), batch_size),
+            desc="encode",
+            unit="batch",
+            disable=not show_progress,
+        ):
+            rows = order[start : start + batch_size]
+            length = next(b for b in buckets if b >= len(ids[rows[0]]))
+            batch_ids = np.full((batch_size, length), pad, np.int32)
+            mask = np.zeros((batch_size, length), np.int32)
+            pool_mask = np.ones((batch_size, length), np.int32)
+            mask[len(rows) :, 0] = 1  # filler rows: one token, so no attention row is empty
+            for r, i in enumerate(rows):
+                batch_ids[r, : len(ids[i])] = ids[i]
+                mask[r, : len(ids[i])] = 1
+                pool_mask[r, : prefix_lens[i]] = 0
+            emb = self._embed(self.params, batch_ids, mask, pool_mask)
+            out[rows] = np.asarray(emb)[: len(rows)]
+        return out
