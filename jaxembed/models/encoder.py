@@ -35,10 +35,13 @@ def format_query(text: str, instruction: str | None, template: str = QUERY_TEMPL
 
 
 def bucket_lengths(max_length: int) -> list[int]:
-    """Powers of two from MIN_BUCKET up to, and always including, `max_length`."""
+    """Powers of two and their 1.5x midpoints (16, 24, 32, 48, ...) below `max_length`, then
+    `max_length`: at most ~33% padding per batch, and 2 compiles per doubling of length."""
     buckets, size = [], MIN_BUCKET
     while size < max_length:
         buckets.append(size)
+        if size * 3 // 2 < max_length:
+            buckets.append(size * 3 // 2)
         size *= 2
     return buckets + [max_length]
 
