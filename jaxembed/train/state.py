@@ -1,0 +1,91 @@
+"""Train state (step, params, optimizer state, rng) and the optax optimizer from config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxembed.errors import UserInputError
+
+DECAYED_LEAVES = ("kernel", "embedding")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def learning_rate_schedule(
+    peak: float, total_steps: int, warmup_steps: int, decay: str = "linear", end_factor: float = 0.0
+) -> optax.Schedule:
+    """Linear warmup from 0 to `peak`, then linear or cosine decay to `peak * end_factor`."""
+    if total_steps < 1 or warmup_steps < 0:
+        raise UserInputError(
+            f"total_steps={total_steps} and warmup_steps={warmup_steps} are invalid"
+        )
+    warmup_steps = min(warmup_steps, total_steps)
+    decay_steps = max(total_steps - warmup_steps, 1)
+    end = peak * end_factor
+    if decay == "linear":
+        after = optax.linear_schedule(peak, end, decay_steps)
+    elif decay == "cosine":
+        after = optax.cosine_decay_schedule(peak, decay_steps, alpha=end_factor)
+    elif decay == "constant":
+        after = optax.constant_schedule(peak)
+    else:
+        raise UserInputError(f"schedule decay {decay!r} is not one of linear, cosine, constant")
+    if warmup_steps == 0:
+        return after
+    warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+    return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """True for matrices (kernels, embeddings); norms and biases are never decayed."""
+
+    def decayed(path: tuple[Any, ...], _: Any) -> bool:
+        last = path[-1]
+        name = getattr(last, "key", getattr(last, "name", str(last)))
+        return name in DECAYED_LEAVES
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def make_optimizer(
+    schedule: optax.Schedule,
+    *,
+    weight_decay: float = 0.01,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    max_grad_norm: float | None = 1.0,
+    accumulation_steps: int = 1,
+) -> optax.GradientTransformation:
+    """AdamW with decoupled weight decay on matrices only, global-norm clipping first."""
+    parts = []
+    if max_grad_norm:
+        parts.append(optax.clip_by_global_norm(max_grad_norm))
+    parts.append(
+        optax.adamw(
+            schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
+        )
+    )
+    optimizer = optax.chain(*parts)
+    if accumulation_steps > 1:
+        optimizer = optax.MultiSteps(optimizer, every_k_schedule=accumulation_steps)
+    return optimizer
+
+
+def create_state(
+    params: Any, optimizer: optax.GradientTransformation, rng: jax.Array
+) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng
+    )

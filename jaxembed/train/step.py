@@ -1,0 +1,163 @@
+"""The pure bi-encoder train step `(state, batch) -> (state, metrics)` and its jitted,
+explicitly sharded form.
+
+Queries and passages go through the same bidirectional backbone (shared weights, the
+recipes' choice), are pooled and L2-normalized, and meet in the configured contrastive loss
+over the whole global batch. With GradCache on, the same gradients come from chunked
+embedding passes in bounded activation memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxembed.gradcache import gradcache_value_and_grad
+from jaxembed.losses import contrastive_loss
+from jaxembed.models.llama import LlamaConfig, LlamaModel, param_shapes
+from jaxembed.models.pooling import l2_normalize, pool
+from jaxembed.sharding import BATCH_AXES, param_shardings, replicated
+from jaxembed.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    pooling: str = "mean"
+    loss_variant: str = "in_batch"
+    temperature: float = 0.02
+    false_negative_margin: float | None = None
+    mask_duplicates: bool = True
+    gradcache_chunk: int = 0  # 0 = direct gradients
+    gradcache_passage_chunk: int = 0  # 0 = same as gradcache_chunk
+
+
+def make_embed_fn(config: LlamaConfig, pooling: str) -> Callable[[Any, Batch], jax.Array]:
+    """`(params, {"input_ids", "attention_mask"[, "pool_mask"]}) -> [rows, hidden]` normalized."""
+    model = LlamaModel(config)
+
+    def embed(params: Any, inputs: Batch) -> jax.Array:
+        hidden = model.apply(
+            {"params": params}, inputs["input_ids"], inputs["attention_mask"], causal=False
+        )
+        return l2_normalize(
+            pool(hidden, inputs["attention_mask"], pooling, inputs.get("pool_mask"))
+        )
+
+    return embed
+
+
+def _side(batch: Batch, prefix: str) -> Batch:
+    """The query or passage inputs of a batch, passages flattened to [B*(1+N), L]."""
+    out = {}
+    for name in ("input_ids", "attention_mask", "pool_mask"):
+        key = f"{prefix}_{name}"
+        if key in batch:
+            x = batch[key]
+            out[name] = x.reshape(-1, x.shape[-1])
+    return out
+
+
+def make_train_step(
+    config: LlamaConfig,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    settings: StepSettings,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    embed = make_embed_fn(config, settings.pooling)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        queries, passages = _side(batch, "query"), _side(batch, "passage")
+        batch_size = batch["query_input_ids"].shape[0]
+        doc_ids = batch.get("doc_ids") if settings.mask_duplicates else None
+
+        def loss_fn(q: jax.Array, p: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+            return contrastive_loss(
+                q,
+                p.reshape(batch_size, -1, p.shape[-1]),
+                variant=settings.loss_variant,
+                temperature=settings.temperature,
+                doc_ids=doc_ids,
+                false_negative_margin=settings.false_negative_margin,
+            )
+
+        if settings.gradcache_chunk:
+            (loss, metrics), grads = gradcache_value_and_grad(
+                embed,
+                loss_fn,
+                state.params,
+                queries,
+                passages,
+                chunk_size=settings.gradcache_chunk,
+                passage_chunk_size=settings.gradcache_passage_chunk or None,
+            )
+        else:
+
+            def direct(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+                return loss_fn(embed(params, queries), embed(params, passages))
+
+            (loss, metrics), grads = jax.value_and_grad(direct, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics)
+        metrics.update(
+            loss=loss,
+            grad_norm=optax.tree.norm(grads),
+            learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
+            tokens=jnp.sum(queries["attention_mask"]) + jnp.sum(passages["attention_mask"]),
+        )
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def state_shardings(
+    config: LlamaConfig, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> TrainState:
+    """Params and their optimizer moments share the params' FSDP/tensor layout."""
+    params = param_shardings(param_shapes(config), mesh)
+    abstract_params = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.value.shape, s.value.dtype),
+        param_shapes(config),
+        is_leaf=lambda x: hasattr(x, "names"),
+    )
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    opt = optax.tree_map_params(
+        optimizer,
+        lambda _, sharding: sharding,
+        abstract_opt,
+        params,
+        transform_non_params=lambda _: replicated(mesh),
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+    return TrainState(step=replicated(mesh), params=params, opt_state=opt, rng=replicated(mesh))
+
+
+def batch_shardings(mesh: Mesh, batch: Batch) -> Batch:
+    return {
+        k: NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (v.ndim - 1))))
+        for k, v in batch.items()
+    }
+
+
+def jit_train_step(
+    train_step: Callable,
+    shardings: TrainState,
+    mesh: Mesh,
+    example_batch: Batch,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Jitted with explicit in/out shardings; the old state's buffers are donated."""
+    return jax.jit(
+        train_step,
+        in_shardings=(shardings, batch_shardings(mesh, example_batch)),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=(0,),
+    )
