@@ -1,0 +1,261 @@
+"""The training input pipeline: deterministic, resumable, multi-host batches of
+(query, 1 positive + N negatives), tokenized and padded to bucket lengths.
+
+Per global step: every process computes the same global plan (`GlobalSampler`), loads and
+tokenizes only the rows its devices hold, agrees with the others on the padded lengths, and
+the pieces become global `jax.Array`s sharded over ('data', 'fsdp').
+
+A batch is a dict of int32 arrays (B = global batch, G = 1 + num_negatives):
+  query_input_ids, query_attention_mask, query_pool_mask        [B, Lq]
+  passage_input_ids, passage_attention_mask, passage_pool_mask  [B, G, Lp]  (passage 0: positive)
+  doc_ids        [B, G]  stable 31-bit hash of each passage id (equal ids = same document)
+  dataset_index  [B]     index into the `datasets` list
+Lq and Lp are bucket lengths; pool masks are the attention masks minus instruction tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Sharding
+from transformers import PreTrainedTokenizerFast
+
+from jaxembed.data.batching import check_buckets, pad, pick_bucket, tokenize
+from jaxembed.data.examples import FewerRule, MoreRule, make_example
+from jaxembed.data.multihost import LengthAgreement, assemble, process_rows
+from jaxembed.data.prefetch import Prefetcher
+from jaxembed.data.records import Passage, TrainingRecord
+from jaxembed.data.sampler import BatchPlan, GlobalSampler, IteratorState
+
+DEFAULT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
+_SCAN_CHUNK = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Pipeline options; field names match the `data` section of the training configs."""
+
+    global_batch_size: int
+    num_negatives: int = 1
+    query_max_length: int = 192
+    passage_max_length: int = 512
+    # Padded lengths; empty means a quarter, a half and the full max length.
+    query_buckets: tuple[int, ...] = ()
+    passage_buckets: tuple[int, ...] = ()
+    query_template: str = DEFAULT_QUERY_TEMPLATE
+    # Records with more negatives than needed: keep the "first" N or "sample" N.
+    more_negatives: MoreRule = "first"
+    # Records with fewer: "fill" from random corpus documents, or "drop" the record.
+    fewer_negatives: FewerRule = "fill"
+    # Which positive when a record has several.
+    positive: MoreRule = "first"
+    # Each global batch from a single dataset (for in-batch loss variants).
+    homogeneous: bool = False
+    seed: int = 0
+    # Batches prepared ahead in a background thread; 0 = produce on demand.
+    prefetch: int = 2
+
+    def __post_init__(self) -> None:
+        choices = {
+            "more_negatives": ("first", "sample"),
+            "positive": ("first", "sample"),
+            "fewer_negatives": ("fill", "drop"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        if self.global_batch_size < 1 or self.num_negatives < 0 or self.prefetch < 0:
+            raise ValueError("need global_batch_size >= 1, num_negatives >= 0, prefetch >= 0")
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> PipelineConfig:
+        """From a plain dict or `ConfigDict.to_dict()`; lists become tuples."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(options) - fields
+        if unknown:
+            raise ValueError(f"unknown data pipeline options: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset to blend: random-access records, its weight, and an optional corpus that
+    short records are filled from (else: positives of other records of the same dataset)."""
+
+    name: str
+    records: Sequence[TrainingRecord]
+    weight: float = 1.0
+    corpus: Sequence[Passage] | None = None
+
+
+def _read(records: Sequence[TrainingRecord], indices: Sequence[int]) -> list[TrainingRecord]:
+    get_many = getattr(records, "get_many", None)
+    if get_many is not None:
+        return get_many(indices)
+    return [records[int(i)] for i in indices]
+
+
+def _eligible(spec: DatasetSpec, config: PipelineConfig) -> np.ndarray:
+    n = len(spec.records)
+    if config.fewer_negatives == "fill" or config.num_negatives == 0:
+        return np.arange(n)
+    # Dropping needs every record's negative count up front, on every process, so that all
+    # agree on the plan: one scan of the dataset at start-up.
+    counts = np.zeros(n, dtype=np.int64)
+    for start in range(0, n, _SCAN_CHUNK):
+        chunk = _read(spec.records, range(start, min(start + _SCAN_CHUNK, n)))
+        counts[start : start + len(chunk)] = [len(r.negatives) for r in chunk]
+    return np.flatnonzero(counts >= config.num_negatives)
+
+
+class BatchIterator:
+    """Iterator of global batches (dicts of int32 arrays, keys in the module docstring).
+
+    `state` is the position after the last batch returned; a new iterator built with that
+    state yields exactly the batches this one would have yielded next. With a `sharding`,
+    batches are global `jax.Array`s; without, numpy arrays of this process's rows.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[DatasetSpec],
+        tokenizer: PreTrainedTokenizerFast,
+        config: PipelineConfig,
+        *,
+        sharding: Sharding | None = None,
+        state: IteratorState | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise TypeError("the pipeline needs a fast (Rust) HF tokenizer for offsets and speed")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token")
+        self.datasets = list(datasets)
+        self.config = config
+        self._tokenizer = tokenizer
+        self._sharding = sharding
+        self._q_buckets = check_buckets(config.query_buckets, config.query_max_length, "query")
+        self._p_buckets = check_buckets(
+            config.passage_buckets, config.passage_max_length, "passage"
+        )
+        eligible = [_eligible(d, config) for d in self.datasets]
+        # Reported, not silent: how many records the "drop" rule leaves out of each dataset.
+        self.dropped = {
+            d.name: len(d.records) - len(e) for d, e in zip(self.datasets, eligible, strict=True)
+        }
+        self._sampler = GlobalSampler(
+            eligible,
+            [d.weight for d in self.datasets],
+            config.global_batch_size,
+            seed=config.seed,
+            homogeneous=config.homogeneous,
+        )
+        self._rows = process_rows(sharding, config.global_batch_size)
+        self._agree = LengthAgreement(name)
+        self._produced = state or IteratorState.start(len(self.datasets))
+        self._state = self._produced
+        self._prefetcher = Prefetcher(self._produce, config.prefetch) if config.prefetch else None
+
+    @property
+    def state(self) -> IteratorState:
+        return self._state
+
+    @property
+    def process_rows(self) -> tuple[int, int]:
+        """[start, stop) of the global batch rows this process loads."""
+        return self._rows
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch, state = next(self._prefetcher) if self._prefetcher else self._produce()
+        self._state = state
+        return batch
+
+    def close(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+
+    def __enter__(self) -> BatchIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _produce(self) -> tuple[dict[str, Any], IteratorState]:
+        plan, after = self._sampler.plan(self._produced)
+        local = self._local_batch(plan, self._produced.step)
+        self._produced = after
+        if self._sharding is not None:
+            return assemble(local, self._sharding, self.config.global_batch_size), after
+        return local, after
+
+    def _random_passage(self, d: int) -> Callable[[np.random.Generator], Passage]:
+        spec = self.datasets[d]
+        if spec.corpus is not None and len(spec.corpus):
+            corpus = spec.corpus
+            return lambda rng: corpus[int(rng.integers(len(corpus)))]
+        records = spec.records
+        return lambda rng: records[int(rng.integers(len(records)))].positives[0]
+
+    def _local_batch(self, plan: BatchPlan, step: int) -> dict[str, np.ndarray]:
+        cfg = self.config
+        start, stop = self._rows
+        rows = np.arange(start, stop)
+        records: list[TrainingRecord | None] = [None] * len(rows)
+        for d in np.unique(plan.dataset[rows]):
+            mine = np.flatnonzero(plan.dataset[rows] == d)
+            loaded = _read(self.datasets[d].records, plan.record[rows[mine]])
+            for i, record in zip(mine, loaded, strict=True):
+                records[i] = record
+        examples = []
+        for i, slot in enumerate(rows):
+            d = int(plan.dataset[slot])
+            examples.append(
+                make_example(
+                    records[i],
+                    num_negatives=cfg.num_negatives,
+                    template=cfg.query_template,
+                    more_rule=cfg.more_negatives,
+                    positive_rule=cfg.positive,
+                    random_passage=self._random_passage(d),
+                    rng_key=(cfg.seed, d, int(plan.epoch[slot]), int(plan.record[slot])),
+                    dataset=self.datasets[d].name,
+                )
+            )
+        q_ids, q_starts = tokenize(
+            self._tokenizer,
+            [e.query for e in examples],
+            cfg.query_max_length,
+            [e.prefix_chars for e in examples],
+        )
+        p_ids, p_starts = tokenize(
+            self._tokenizer,
+            [p.full_text() for e in examples for p in e.passages],
+            cfg.passage_max_length,
+        )
+        q_len, p_len = self._agree(step, [max(map(len, q_ids)), max(map(len, p_ids))])
+        pad_id = self._tokenizer.pad_token_id
+        q, q_mask, q_pool = pad(q_ids, q_starts, pick_bucket(q_len, self._q_buckets), pad_id)
+        p, p_mask, p_pool = pad(p_ids, p_starts, pick_bucket(p_len, self._p_buckets), pad_id)
+        b, group = len(examples), 1 + cfg.num_negatives
+        return {
+            "query_input_ids": q,
+            "query_attention_mask": q_mask,
+            "query_pool_mask": q_pool,
+            "passage_input_ids": p.reshape(b, group, -1),
+            "passage_attention_mask": p_mask.reshape(b, group, -1),
+            "passage_pool_mask": p_pool.reshape(b, group, -1),
+            "doc_ids": np.asarray([e.doc_ids for e in examples], dtype=np.int32),
+            "dataset_index": plan.dataset[rows].astype(np.int32),
+        }
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    """The batch layout of the train step: dim 0 over ('data', 'fsdp')."""
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
