@@ -15,6 +15,7 @@ CORE = [
     "safetensors>=0.4",
     "tokenizers>=0.20",
     "tqdm>=4.66",
+    "tensorboardX>=2.6",
 ]
 
 TEST = [

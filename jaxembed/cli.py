@@ -45,7 +45,20 @@ def cmd_encode(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from jaxembed.demo import run_demo
 
-    run_demo(args.workdir, seed=args.seed)
+    run_demo(args.workdir, seed=args.seed, steps=args.steps)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from jaxembed import distributed
+    from jaxembed.config import apply_overrides, default_config, load_config
+    from jaxembed.train.loop import train
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    config = load_config(args.config) if args.config else default_config()
+    apply_overrides(config, args.overrides)
+    result = train(config, args.workdir)
+    status = "stopped by SIGTERM at" if result.preempted else "finished at"
+    print(f"training {status} step {result.final_step}; workdir {args.workdir}")
 
 
 def cmd_convert_llama2c(args: argparse.Namespace) -> None:
@@ -74,7 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="offline end-to-end run on a built-in default")
     demo.add_argument("--workdir", default="workdirs/demo")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=int, default=600)
     demo.set_defaults(func=cmd_demo)
+
+    tr = sub.add_parser(
+        "train",
+        help="train a bi-encoder",
+        description="Train from a config file; override any key with --config.KEY=VALUE.",
+    )
+    tr.add_argument("--config", default=None, help="configs/NAME.py[:ARG] (default: tiny)")
+    tr.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard")
+    tr.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
+    tr.add_argument("--num-processes", type=int, default=None)
+    tr.add_argument("--process-id", type=int, default=None)
+    tr.set_defaults(func=cmd_train)
 
     conv = sub.add_parser("convert-llama2c", help="llama2.c checkpoint + tokenizer → HF dir")
     conv.add_argument("--checkpoint", required=True)
@@ -85,7 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --config.KEY=VALUE overrides are collected here; argparse sees the rest.
+    overrides = [a[len("--config.") :] for a in argv if a.startswith("--config.")]
+    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    if overrides and args.command != "train":
+        print(f"jaxembed {args.command}: error: --config.* is only for train", file=sys.stderr)
+        return 2
+    args.overrides = overrides
     try:
         args.func(args)
     except UserInputError as e:

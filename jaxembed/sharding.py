@@ -34,8 +34,6 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
-    ("length", None),
-    ("embed_act", None),
 )
 
 
@@ -52,9 +50,7 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
         raise UserInputError(f"mesh shape {shape}: at most one axis may be -1")
     known = math.prod(s for s in shape if s != -1)
     if any(s == 0 or s < -1 for s in shape) or num_devices % known:
-        raise UserInputError(
-            f"mesh shape {_named(shape)} does not fit {num_devices} devices"
-        )
+        raise UserInputError(f"mesh shape {_named(shape)} does not fit {num_devices} devices")
     resolved = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(resolved) != num_devices:
         raise UserInputError(

@@ -17,10 +17,10 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from jaxembed import hf
 from jaxembed.errors import UserInputError
+from jaxembed.progress import progress_bar
 from jaxembed.models.llama import LlamaConfig, LlamaModel, param_shapes
 from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool
 from jaxembed.sharding import batch_sharding, data_parallel_size, param_shardings, replicated
@@ -181,7 +181,7 @@ class Encoder:
         buckets = bucket_lengths(max_length)
         out = np.zeros((len(ids), self.config.hidden_size), np.float32)
         pad = self._pad_id()
-        for start in tqdm(
+        for start in progress_bar(
             range(0, len(order), batch_size),
             desc="encode",
             unit="batch",

@@ -192,7 +192,6 @@ class DecoderLayer(nn.Module):
     ) -> tuple[jax.Array, None]:
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed_act"))
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_layernorm")(x)
         x = x + Attention(cfg, name="self_attn")(h, mask, cos, sin)
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attention_layernorm")(x)

@@ -31,6 +31,7 @@ Batch = dict[str, jax.Array]
 @dataclass(frozen=True)
 class StepSettings:
     pooling: str = "mean"
+    exclude_instruction: bool = False  # pool over the query text only (NV-Retriever)
     loss_variant: str = "in_batch"
     temperature: float = 0.02
     false_negative_margin: float | None = None
@@ -54,10 +55,11 @@ def make_embed_fn(config: LlamaConfig, pooling: str) -> Callable[[Any, Batch], j
     return embed
 
 
-def _side(batch: Batch, prefix: str) -> Batch:
+def _side(batch: Batch, prefix: str, use_pool_mask: bool) -> Batch:
     """The query or passage inputs of a batch, passages flattened to [B*(1+N), L]."""
     out = {}
-    for name in ("input_ids", "attention_mask", "pool_mask"):
+    names = ("input_ids", "attention_mask") + (("pool_mask",) if use_pool_mask else ())
+    for name in names:
         key = f"{prefix}_{name}"
         if key in batch:
             x = batch[key]
@@ -74,7 +76,8 @@ def make_train_step(
     embed = make_embed_fn(config, settings.pooling)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        queries, passages = _side(batch, "query"), _side(batch, "passage")
+        queries = _side(batch, "query", settings.exclude_instruction)
+        passages = _side(batch, "passage", settings.exclude_instruction)
         batch_size = batch["query_input_ids"].shape[0]
         doc_ids = batch.get("doc_ids") if settings.mask_duplicates else None
 

@@ -1,0 +1,162 @@
+"""Training configs: the schema with tiny CPU defaults, loading `configs/*.py`, overrides,
+and validation before anything is compiled.
+
+A config file defines `get_config(arg=None) -> ConfigDict`; `path.py:arg` passes `arg`
+(e.g. `configs/llama_embed_nemotron_8b.py:stage2`). Overrides are `key.path=value` strings,
+as `--config.key.path=value` on the command line, typed by the value they replace.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jaxembed.errors import UserInputError
+
+LOSS_VARIANTS = ("hn_only", "gemini", "in_batch", "gecko", "qwen3")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key a training config may have, set for a tiny model on a CPU."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = dict(
+        init="random",  # "random" or "hf" (then hf_path is a local HF directory)
+        hf_path="",
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=0,  # 0 = hidden_size // num_heads
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        dtype="float32",
+        param_dtype="float32",
+        remat_policy="none",
+        pooling="mean",
+        exclude_instruction=False,
+    )
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.loss = dict(
+        variant="in_batch", temperature=0.02, false_negative_margin=0.1, mask_duplicates=True
+    )
+    c.gradcache = dict(enabled=False, chunk_size=8, passage_chunk_size=0)
+    c.optimizer = dict(
+        learning_rate=1e-3,
+        warmup_steps=10,
+        decay="linear",
+        end_factor=0.0,
+        weight_decay=0.01,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        max_grad_norm=1.0,
+        accumulation_steps=1,
+    )
+    c.data = dict(
+        train_files=(),
+        weights=(),  # blending weight per train file; empty = equal
+        format="jsonl",  # jsonl | nemo | sentence_transformers
+        instruction="",  # default query instruction for records that carry none
+        tokenizer="",
+        global_batch_size=16,
+        num_negatives=1,
+        query_max_length=64,
+        passage_max_length=64,
+        more_negatives="first",
+        fewer_negatives="fill",
+        homogeneous=False,
+        prefetch=2,
+    )
+    c.train = dict(
+        steps=100,
+        log_every=10,
+        checkpoint_every=50,
+        keep_checkpoints=3,
+        eval_every=0,
+        peak_flops=0.0,  # per-device peak FLOP/s for the MFU estimate; 0 = don't report MFU
+    )
+    return ml_collections.ConfigDict(c)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py[:arg]` → the file's `get_config(arg)`."""
+    path_text, _, arg = spec.partition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise UserInputError(f"{path}: config file not found")
+    module_spec = importlib.util.spec_from_file_location(f"jaxembed_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # a config file is user code: report, don't crash
+        raise UserInputError(f"{path}: failed to load ({type(e).__name__}: {e})") from e
+    if not hasattr(module, "get_config"):
+        raise UserInputError(f"{path}: defines no get_config()")
+    try:
+        config = module.get_config(arg or None)
+    except (ValueError, KeyError) as e:
+        raise UserInputError(f"{path}: get_config({arg or None!r}) failed: {e}") from e
+    check_schema(config, default_config(), str(path))
+    return config
+
+
+def check_schema(config: Any, schema: Any, source: str, prefix: str = "") -> None:
+    """Every key of `config` must exist in the schema (typos are errors, not new keys)."""
+    for key in config.keys():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise UserInputError(f"{source}: unknown config key {name!r}")
+        if isinstance(schema[key], ml_collections.ConfigDict):
+            if not isinstance(config[key], ml_collections.ConfigDict):
+                raise UserInputError(f"{source}: config key {name!r} must be a section")
+            check_schema(config[key], schema[key], source, name + ".")
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    if isinstance(current, bool):
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise UserInputError(f"--config.{key}={text!r}: expected true or false")
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if isinstance(current, float) and isinstance(value, int):
+        value = float(value)
+    if isinstance(current, tuple) and isinstance(value, (list, str)):
+        value = tuple(value) if isinstance(value, list) else tuple(v for v in value.split(",") if v)
+    if current is not None and type(value) is not type(current):
+        expected, got = type(current).__name__, type(value).__name__
+        raise UserInputError(f"--config.{key}={text!r}: expected {expected}, got {got}")
+    return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
+    """Apply `key.path=value` strings; unknown keys are errors."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UserInputError(f"--config.{item}: expected --config.KEY=VALUE")
+        *parents, leaf = key.split(".")
+        node = config
+        for i, part in enumerate(parents):
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise UserInputError(f"unknown config key {'.'.join(parents[: i + 1])!r}")
+            node = node[part]
+        if leaf not in node:
+            raise UserInputError(f"unknown config key {key!r}")
+        with node.ignore_type():
+            node[leaf] = _parse_value(text, node[leaf], key)

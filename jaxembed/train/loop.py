@@ -1,0 +1,308 @@
+"""The training loop: config → mesh, model, data, optimizer; restore; train; checkpoint.
+
+Resuming is exact: the checkpoint holds params, optimizer state, step, rng and the data
+iterator's position, so a restarted run sees exactly the batches the uninterrupted run
+would have. SIGTERM (preemption) saves a checkpoint at the next step boundary and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxembed import hf
+from jaxembed.checkpoint import Checkpointer
+from jaxembed.config import LOSS_VARIANTS
+from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineConfig
+from jaxembed.data import batch_sharding as pipeline_batch_sharding
+from jaxembed.data.formats import read_training_jsonl
+from jaxembed.errors import UserInputError
+from jaxembed.progress import progress_bar
+from jaxembed.models.llama import LlamaConfig, init_params
+from jaxembed.models.pooling import POOLING_MODES
+from jaxembed.sharding import data_parallel_size, make_mesh, resolve_mesh_shape
+from jaxembed.train.metrics_log import MetricsLog
+from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
+from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
+
+log = logging.getLogger(__name__)
+
+PIPELINE_KEYS = (
+    "global_batch_size",
+    "num_negatives",
+    "query_max_length",
+    "passage_max_length",
+    "more_negatives",
+    "fewer_negatives",
+    "homogeneous",
+    "prefetch",
+)
+
+
+def model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
+    m = config.model
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy)
+    if m.init == "hf":
+        return hf.llama_config_from_hf(
+            hf.read_hf_config(m.hf_path), str(Path(m.hf_path) / "config.json"), **overrides
+        )
+    return LlamaConfig(
+        vocab_size=m.vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        head_dim=m.head_dim or None,
+        max_position_embeddings=m.max_position_embeddings,
+        rope_theta=m.rope_theta,
+        **overrides,
+    )
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Every check that can fail before a compile (or a weight read) happens."""
+    m, d, loss, gc = config.model, config.data, config.loss, config.gradcache
+    if m.init not in ("random", "hf"):
+        raise UserInputError(f"model.init={m.init!r}: expected 'random' or 'hf'")
+    if m.init == "hf":
+        if not m.hf_path:
+            raise UserInputError(
+                "model.hf_path is empty: model.init='hf' needs a local HF directory"
+            )
+        try:
+            hf.read_hf_config(m.hf_path)
+        except UserInputError as e:
+            raise UserInputError(f"model.hf_path: {e}") from e
+    if m.pooling not in POOLING_MODES:
+        raise UserInputError(f"model.pooling={m.pooling!r}: expected one of {POOLING_MODES}")
+    if loss.variant not in LOSS_VARIANTS:
+        raise UserInputError(f"loss.variant={loss.variant!r}: expected one of {LOSS_VARIANTS}")
+    if not loss.temperature > 0:
+        raise UserInputError(f"loss.temperature={loss.temperature}: must be > 0")
+    mesh_shape = resolve_mesh_shape(
+        (config.mesh.data, config.mesh.fsdp, config.mesh.tensor), num_devices
+    )
+    dp = mesh_shape[0] * mesh_shape[1]
+    if d.global_batch_size % dp:
+        raise UserInputError(
+            f"data.global_batch_size={d.global_batch_size} is not divisible by the data-parallel "
+            f"size {dp} (mesh.data x mesh.fsdp)"
+        )
+    if gc.enabled:
+        rows = {"gradcache.chunk_size": (gc.chunk_size, d.global_batch_size)}
+        passages = d.global_batch_size * (1 + d.num_negatives)
+        rows["gradcache.passage_chunk_size"] = (gc.passage_chunk_size or gc.chunk_size, passages)
+        for key, (chunk, total) in rows.items():
+            if chunk < 1 or total % chunk or chunk % dp:
+                raise UserInputError(
+                    f"{key}={chunk}: must divide {total} rows and be a multiple of the "
+                    f"data-parallel size {dp}"
+                )
+    if not d.train_files:
+        raise UserInputError("data.train_files is empty: give one or more training JSONL files")
+    for path in d.train_files:
+        if not Path(path).is_file():
+            raise UserInputError(f"data.train_files: {path} not found")
+    if m.init == "random" and not d.tokenizer:
+        raise UserInputError("data.tokenizer is empty: a random model needs a tokenizer directory")
+    if config.train.steps < 1:
+        raise UserInputError(f"train.steps={config.train.steps}: must be >= 1")
+
+
+def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
+    gc = config.gradcache
+    return StepSettings(
+        pooling=config.model.pooling,
+        exclude_instruction=config.model.exclude_instruction,
+        loss_variant=config.loss.variant,
+        temperature=config.loss.temperature,
+        false_negative_margin=config.loss.false_negative_margin
+        if config.loss.variant == "qwen3"
+        else None,
+        mask_duplicates=config.loss.mask_duplicates,
+        gradcache_chunk=gc.chunk_size if gc.enabled else 0,
+        gradcache_passage_chunk=gc.passage_chunk_size if gc.enabled else 0,
+    )
+
+
+def model_flops_per_token(config: LlamaConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x non-embedding params + attention scores (PaLM's count)."""
+    non_embedding = config.num_params() - config.vocab_size * config.hidden_size
+    attention = 12 * config.num_layers * config.num_heads * config.resolved_head_dim * seq_len
+    return 6 * non_embedding + attention
+
+
+@dataclass
+class TrainResult:
+    workdir: Path
+    final_step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    preempted: bool = False
+    params: Any = None  # the final params (sharded as in training)
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag checked at step boundaries (main thread only)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _Preemption:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, no preemption support
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def load_datasets(config: ml_collections.ConfigDict) -> list[DatasetSpec]:
+    d = config.data
+    weights = list(d.weights) if d.weights else [1.0] * len(d.train_files)
+    if len(weights) != len(d.train_files):
+        raise UserInputError(
+            f"data.weights has {len(weights)} values for {len(d.train_files)} data.train_files"
+        )
+    specs = []
+    for path, weight in zip(d.train_files, weights, strict=True):
+        records = list(read_training_jsonl(path, format=d.format, instruction=d.instruction))
+        if not records:
+            raise UserInputError(f"{path}: no training records")
+        specs.append(DatasetSpec(Path(path).stem, records, float(weight)))
+    return specs
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
+    """Run (or resume) training in `workdir`; returns the logged history of this call."""
+    workdir = Path(workdir)
+    validate(config, jax.device_count())
+    mesh = make_mesh((config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+    mcfg = model_config(config)
+    tokenizer = hf.load_tokenizer(
+        config.model.hf_path if config.model.init == "hf" else config.data.tokenizer
+    )
+    if len(tokenizer) > mcfg.vocab_size:
+        raise UserInputError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {mcfg.vocab_size}"
+        )
+    datasets = load_datasets(config)
+    pipeline_config = PipelineConfig.from_mapping(
+        {k: config.data[k] for k in PIPELINE_KEYS} | {"seed": config.seed}
+    )
+
+    o, t = config.optimizer, config.train
+    schedule = learning_rate_schedule(
+        o.learning_rate, t.steps, o.warmup_steps, o.decay, o.end_factor
+    )
+    optimizer = make_optimizer(
+        schedule,
+        weight_decay=o.weight_decay,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        max_grad_norm=o.max_grad_norm,
+        accumulation_steps=o.accumulation_steps,
+    )
+    shardings = state_shardings(mcfg, optimizer, mesh)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    init_state = jax.jit(
+        lambda params, rng: create_state(params, optimizer, rng), out_shardings=shardings
+    )
+    rng = jax.random.PRNGKey(config.seed)
+    if config.model.init == "hf":
+        params = hf.load_params(config.model.hf_path, mcfg, shardings=shardings.params)
+    else:
+        params = jax.jit(lambda r: init_params(mcfg, r), out_shardings=shardings.params)(rng)
+    state = init_state(params, jax.random.fold_in(rng, 1))
+    data_state = None
+    if latest is not None:
+        state, saved = checkpointer.restore(latest, state)
+        data_state = IteratorState.from_dict(saved) if saved else None
+        log.info("resumed from step %d", latest)
+    start_step = int(state.step)
+
+    metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0)
+    metrics_log.truncate_after(start_step)
+    train_step = make_train_step(mcfg, optimizer, schedule, step_settings(config))
+    history: list[dict[str, float]] = []
+    preempted = False
+    iterator = BatchIterator(
+        datasets,
+        tokenizer,
+        pipeline_config,
+        sharding=pipeline_batch_sharding(mesh),
+        state=data_state,
+    )
+    compiled = None
+    flops_per_token = model_flops_per_token(
+        mcfg, max(config.data.query_max_length, config.data.passage_max_length)
+    )
+    try:
+        with iterator, _Preemption() as preemption:
+            progress = progress_bar(
+                total=t.steps,
+                initial=start_step,
+                desc="train",
+                unit="step",
+                disable=jax.process_index() != 0,
+            )
+            window_start, window_tokens = time.perf_counter(), 0.0
+            for step in range(start_step, t.steps):
+                batch = next(iterator)
+                batch.pop("dataset_index", None)
+                if compiled is None:
+                    compiled = jit_train_step(train_step, shardings, mesh, batch)
+                state, metrics = compiled(state, batch)
+                done = step + 1
+                if done % t.log_every == 0 or done == t.steps:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = time.perf_counter() - window_start
+                    window_tokens += values["tokens"]
+                    record = {"step": done, **values}
+                    record["tokens_per_second"] = window_tokens / max(elapsed, 1e-9)
+                    if config.train.peak_flops > 0:
+                        achieved = record["tokens_per_second"] * flops_per_token
+                        record["mfu"] = achieved / (config.train.peak_flops * jax.device_count())
+                    history.append(record)
+                    metrics_log.write(record)
+                    progress.set_postfix(
+                        loss=f"{values['loss']:.4f}",
+                        tok_s=f"{record['tokens_per_second']:.0f}",
+                        refresh=False,
+                    )
+                    window_start, window_tokens = time.perf_counter(), 0.0
+                else:
+                    window_tokens += float(metrics["tokens"])
+                progress.update(1)
+                if not math.isfinite(float(metrics["loss"])):
+                    raise FloatingPointError(f"loss became {float(metrics['loss'])} at step {done}")
+                if preemption.requested:
+                    checkpointer.save(done, state, iterator.state.to_dict(), force=True)
+                    preempted = True
+                    log.warning("SIGTERM: saved step %d and stopping", done)
+                    break
+                if done % t.checkpoint_every == 0 or done == t.steps:
+                    checkpointer.save(done, state, iterator.state.to_dict())
+            progress.close()
+    finally:
+        checkpointer.close()
+        metrics_log.close()
+    return TrainResult(workdir, int(state.step), history, preempted, state.params)

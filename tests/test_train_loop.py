@@ -1,0 +1,162 @@
+"""`jaxembed train` end to end: loss falls, exact resume after SIGKILL, partial checkpoints,
+SIGTERM, 2 processes = 1 process, and config errors before any compile."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxembed.cli import main
+from jaxembed.demo import train_tokenizer
+from jaxembed.synthetic import make_task, write_task
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("task")
+    task = make_task(0, train_docs=200, eval_docs=50, eval_queries=20)
+    write_task(task, directory)
+    texts = [r["query"] for r in task.train_records] + [task.instruction] * 5
+    texts += [p["text"] for r in task.train_records for p in r["positives"]]
+    tokenizer = train_tokenizer(texts, vocab_size=400)
+    tokenizer.save_pretrained(str(directory / "tokenizer"))
+    return directory
+
+
+def _args(task_dir: Path, workdir: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--config",
+        str(Path(__file__).parents[1] / "configs" / "tiny.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.data.train_files={task_dir / 'train.jsonl'}",
+        f"--config.data.tokenizer={task_dir / 'tokenizer'}",
+        "--config.data.global_batch_size=16",
+        "--config.data.num_negatives=2",
+        "--config.data.query_max_length=32",
+        "--config.data.passage_max_length=32",
+        "--config.data.prefetch=0",
+        f"--config.train.steps={STEPS}",
+        "--config.train.log_every=1",
+        "--config.train.checkpoint_every=4",
+        "--config.optimizer.warmup_steps=2",
+        *extra,
+    ]
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return {json.loads(x)["step"]: json.loads(x)["loss"] for x in lines}
+
+
+def _subprocess(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxembed", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(task_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    assert main(_args(task_dir, workdir)) == 0
+    return workdir
+
+
+def test_train_end_to_end(reference_run):
+    losses = _losses(reference_run)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert np.mean([losses[s] for s in range(STEPS - 2, STEPS + 1)]) < losses[1]
+    steps = sorted(
+        int(p.name) for p in (reference_run / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    assert steps[-1] == STEPS
+    assert list((reference_run / "tensorboard").glob("events.out.tfevents.*"))
+    record = json.loads((reference_run / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("loss", "accuracy", "grad_norm", "learning_rate", "tokens", "tokens_per_second"):
+        assert key in record
+
+
+def test_exact_resume_after_sigkill(task_dir, reference_run, tmp_path):
+    workdir = tmp_path / "killed"
+    proc = _subprocess(_args(task_dir, workdir))
+    try:
+        deadline = time.time() + 300
+        while not (workdir / "checkpoints" / "8").is_dir():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    interrupted = _losses(workdir)
+    assert max(interrupted) < STEPS, "the run finished before it could be killed"
+    assert main(_args(task_dir, workdir)) == 0
+    ref, resumed = _losses(reference_run), _losses(workdir)
+    assert sorted(resumed) == list(range(1, STEPS + 1))  # nothing repeated or skipped
+    np.testing.assert_allclose([resumed[s] for s in ref], list(ref.values()), rtol=0, atol=1e-6)
+
+
+def test_partial_checkpoint_is_ignored_with_a_warning(task_dir, reference_run, tmp_path, caplog):
+    import shutil
+
+    workdir = tmp_path / "partial"
+    shutil.copytree(reference_run, workdir)
+    # A save killed midway leaves Orbax's temporary directory behind.
+    partial = workdir / "checkpoints" / f"{STEPS + 4}.orbax-checkpoint-tmp-1234"
+    partial.mkdir()
+    (partial / "junk").write_text("half-written")
+    with caplog.at_level("WARNING"):
+        assert main(_args(task_dir, workdir, f"--config.train.steps={STEPS + 2}")) == 0
+    assert "ignoring incomplete checkpoint" in caplog.text
+    losses = _losses(workdir)
+    assert sorted(losses) == list(range(1, STEPS + 3))  # resumed from step STEPS
+
+
+def test_sigterm_saves_and_exits_cleanly(task_dir, tmp_path):
+    workdir = tmp_path / "preempted"
+    proc = _subprocess(_args(task_dir, workdir, "--config.train.steps=100000"))
+    deadline = time.time() + 300
+    while not (workdir / "metrics.jsonl").exists() or len(_losses(workdir)) < 3:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped by SIGTERM at step" in out
+    saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved and max(saved) >= 3
+
+
+def test_config_errors_before_any_compile(task_dir, tmp_path, capsys):
+    cases = [
+        ("--config.model.nonexistent=1", "unknown config key 'model.nonexistent'"),
+        ("--config.data.global_batch_size=12", "not divisible by the data-parallel size 8"),
+        ("--config.mesh.data=16", "does not fit 8 devices"),
+        ("--config.model.init=hf", "model.hf_path is empty"),
+        ("--config.model.hf_path=/nonexistent/llama", "model.hf_path: /nonexistent/llama: model"),
+        ("--config.loss.variant=softmax", "loss.variant='softmax'"),
+    ]
+    for override, message in cases:
+        workdir = tmp_path / "w"
+        extra = [override] + (["--config.model.init=hf"] if "hf_path=" in override else [])
+        code = main(_args(task_dir, workdir, *extra))
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (override, err)
+        assert not (workdir / "checkpoints").exists()
