@@ -160,3 +160,45 @@ def test_config_errors_before_any_compile(task_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and message in err, (override, err)
         assert not (workdir / "checkpoints").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_log_the_single_process_losses(task_dir, reference_run, tmp_path):
+    workdir = tmp_path / "multi"
+    port = _free_port()
+    env = {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
+    procs = [
+        _subprocess(
+            _args(task_dir, workdir)
+            + [
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=600)[0])
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out
+    ref, multi = _losses(reference_run), _losses(workdir)
+    assert sorted(multi) == sorted(ref)
+    np.testing.assert_allclose([multi[s] for s in ref], list(ref.values()), rtol=0, atol=1e-5)

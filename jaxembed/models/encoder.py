@@ -20,9 +20,9 @@ from jax.sharding import Mesh
 
 from jaxembed import hf
 from jaxembed.errors import UserInputError
-from jaxembed.progress import progress_bar
 from jaxembed.models.llama import LlamaConfig, LlamaModel, param_shapes
 from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool
+from jaxembed.progress import progress_bar
 from jaxembed.sharding import batch_sharding, data_parallel_size, param_shardings, replicated
 
 QUERY_TEMPLATE = "Instruct: {task}\nQuery: {text}"

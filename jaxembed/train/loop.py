@@ -7,7 +7,6 @@ would have. SIGTERM (preemption) saves a checkpoint at the next step boundary an
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
@@ -26,10 +25,10 @@ from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineCon
 from jaxembed.data import batch_sharding as pipeline_batch_sharding
 from jaxembed.data.formats import read_training_jsonl
 from jaxembed.errors import UserInputError
-from jaxembed.progress import progress_bar
 from jaxembed.models.llama import LlamaConfig, init_params
 from jaxembed.models.pooling import POOLING_MODES
-from jaxembed.sharding import data_parallel_size, make_mesh, resolve_mesh_shape
+from jaxembed.progress import progress_bar
+from jaxembed.sharding import make_mesh, resolve_mesh_shape
 from jaxembed.train.metrics_log import MetricsLog
 from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
 from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
