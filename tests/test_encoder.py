@@ -10,7 +10,8 @@ import torch
 from tiny_models import WORDS, make_hf_model
 
 from jaxembed.cli import main
-from jaxembed.models.encoder import Encoder, PoolingSettings, bucket_lengths, format_query
+from jaxembed.models.encoder import Encoder, PoolingSettings, bucket_lengths
+from jaxembed.prompts import format_query
 from jaxembed.sharding import make_mesh
 
 RNG = np.random.default_rng(0)
@@ -75,8 +76,8 @@ def test_mesh_gives_single_device_embeddings(model_dir, shape):
 
 def test_instruction_prefix_and_pool_exclusion(model_dir):
     directory, _ = model_dir
-    assert format_query("w1 w2", "find") == "Instruct: find\nQuery: w1 w2"
-    assert format_query("w1 w2", None) == "w1 w2"
+    assert format_query("w1 w2", "find") == ("Instruct: find\nQuery: w1 w2", 22)
+    assert format_query("w1 w2", None) == ("w1 w2", 0)
     plain = Encoder.from_pretrained(directory)
     excluding = Encoder.from_pretrained(
         directory, pooling=PoolingSettings(mode="mean", exclude_instruction=True)
@@ -86,9 +87,10 @@ def test_instruction_prefix_and_pool_exclusion(model_dir):
     b = excluding.encode(texts, instruction="w7 w8", show_progress=False)
     c = plain.encode(texts, show_progress=False)
     assert np.abs(a - b).max() > 1e-3 and np.abs(a - c).max() > 1e-3
-    # Exclusion drops exactly the prefix tokens: compare with a manual pool over the rest.
-    ids, prefix = excluding.tokenize(texts, "w7 w8", 512)
-    assert all(p > 0 for p in prefix)
+    # Word-level tokens "Instruct:" "w7" "w8" "Query:" are the prefix: pooling starts at 4.
+    _, starts = excluding.tokenize(texts, "w7 w8", 512)
+    assert starts == [4, 4]
+    assert plain.tokenize(texts, "w7 w8", 512)[1] == [0, 0]
 
 
 def _write_jsonl(path, rows):

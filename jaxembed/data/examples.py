@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from jaxembed.data.records import Passage, TrainingRecord, doc_hash
+from jaxembed.prompts import format_query
 
 MoreRule = Literal["first", "sample"]
 FewerRule = Literal["fill", "drop"]
@@ -27,17 +28,6 @@ class Example:
     prefix_chars: int
     passages: tuple[Passage, ...]
     doc_ids: tuple[int, ...]
-
-
-def format_query(record: TrainingRecord, template: str) -> tuple[str, int]:
-    """Apply the instruction template; returns the text and the length of its prefix part."""
-    if not record.instruction:
-        return record.query, 0
-    if "{query}" not in template:
-        raise ValueError(f"query template must contain '{{query}}': {template!r}")
-    head, tail = template.split("{query}", 1)
-    prefix = head.format(instruction=record.instruction)
-    return prefix + record.query + tail.format(instruction=record.instruction), len(prefix)
 
 
 def _pick(items: Sequence[Passage], k: int, rule: MoreRule, rng: np.random.Generator):
@@ -78,6 +68,6 @@ def make_example(
             negatives.append(candidate)
             taken.add(candidate.id)
     passages = tuple(positive + negatives)
-    query, prefix_chars = format_query(record, template)
+    query, prefix_chars = format_query(record.query, record.instruction, template)
     doc_ids = tuple(doc_hash(p.id, dataset) for p in passages)
     return Example(query, prefix_chars, passages, doc_ids)

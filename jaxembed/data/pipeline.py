@@ -30,8 +30,8 @@ from jaxembed.data.multihost import LengthAgreement, assemble, process_rows
 from jaxembed.data.prefetch import Prefetcher
 from jaxembed.data.records import Passage, TrainingRecord
 from jaxembed.data.sampler import BatchPlan, GlobalSampler, IteratorState
+from jaxembed.prompts import DEFAULT_QUERY_TEMPLATE
 
-DEFAULT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
 _SCAN_CHUNK = 1024
 
 

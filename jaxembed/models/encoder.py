@@ -19,19 +19,15 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxembed import hf
+from jaxembed.data.batching import pad, tokenize
 from jaxembed.errors import UserInputError
 from jaxembed.models.llama import LlamaConfig, LlamaModel, param_shapes
 from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool
 from jaxembed.progress import progress_bar
+from jaxembed.prompts import format_query
 from jaxembed.sharding import batch_sharding, data_parallel_size, param_shardings, replicated
 
-QUERY_TEMPLATE = "Instruct: {task}\nQuery: {text}"
 MIN_BUCKET = 16
-
-
-def format_query(text: str, instruction: str | None, template: str = QUERY_TEMPLATE) -> str:
-    """The recipes' query format; documents (instruction None) get no prefix."""
-    return text if not instruction else template.format(task=instruction, text=text)
 
 
 def bucket_lengths(max_length: int) -> list[int]:
@@ -150,14 +146,12 @@ class Encoder:
     def tokenize(
         self, texts: Sequence[str], instruction: str | None, max_length: int
     ) -> tuple[list[list[int]], list[int]]:
-        """Token ids per text, and how many leading tokens belong to the instruction prefix."""
+        """Token ids per text, and per text the first token to pool (after the instruction
+        prefix when the pooling excludes it; the same rule as the training pipeline)."""
         formatted = [format_query(t, instruction) for t in texts]
-        ids = self.tokenizer(formatted, truncation=True, max_length=max_length)["input_ids"]
-        prefix_len = 0
-        if instruction and self.pooling.exclude_instruction:
-            prefix = format_query("", instruction)
-            prefix_len = len(self.tokenizer(prefix, add_special_tokens=True)["input_ids"])
-        return ids, [min(prefix_len, len(x) - 1) for x in ids]
+        exclude = self.pooling.exclude_instruction and bool(instruction)
+        prefix_chars = [chars for _, chars in formatted] if exclude else None
+        return tokenize(self.tokenizer, [text for text, _ in formatted], max_length, prefix_chars)
 
     def encode(
         self,
@@ -176,11 +170,11 @@ class Encoder:
             # Every device must get whole rows: round the batch up to the data-parallel size.
             dp = data_parallel_size(self.mesh)
             batch_size = -(-batch_size // dp) * dp
-        ids, prefix_lens = self.tokenize(texts, instruction, max_length)
+        ids, pool_starts = self.tokenize(texts, instruction, max_length)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         buckets = bucket_lengths(max_length)
         out = np.zeros((len(ids), self.config.hidden_size), np.float32)
-        pad = self._pad_id()
+        pad_id = self._pad_id()
         for start in progress_bar(
             range(0, len(order), batch_size),
             desc="encode",
@@ -188,15 +182,16 @@ class Encoder:
             disable=not show_progress,
         ):
             rows = order[start : start + batch_size]
+            # Filler rows (one pad token each, so no attention row is empty) keep every batch
+            # the same shape: one compile per bucket.
+            fill = batch_size - len(rows)
             length = next(b for b in buckets if b >= len(ids[rows[0]]))
-            batch_ids = np.full((batch_size, length), pad, np.int32)
-            mask = np.zeros((batch_size, length), np.int32)
-            pool_mask = np.ones((batch_size, length), np.int32)
-            mask[len(rows) :, 0] = 1  # filler rows: one token, so no attention row is empty
-            for r, i in enumerate(rows):
-                batch_ids[r, : len(ids[i])] = ids[i]
-                mask[r, : len(ids[i])] = 1
-                pool_mask[r, : prefix_lens[i]] = 0
-            emb = self._embed(self.params, batch_ids, mask, pool_mask)
+            batch = pad(
+                [ids[i] for i in rows] + [[pad_id]] * fill,
+                [pool_starts[i] for i in rows] + [0] * fill,
+                length,
+                pad_id,
+            )
+            emb = self._embed(self.params, *batch)
             out[rows] = np.asarray(emb)[: len(rows)]
         return out

@@ -1,0 +1,93 @@
+"""Config files, command-line overrides and the recipe configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jaxembed.config import apply_overrides, default_config, load_config
+from jaxembed.errors import UserInputError
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def test_overrides_are_typed_by_the_value_they_replace():
+    config = default_config()
+    apply_overrides(
+        config,
+        [
+            "data.global_batch_size=64",
+            "optimizer.learning_rate=3e-4",
+            "optimizer.warmup_steps=5",
+            "model.exclude_instruction=true",
+            "loss.variant=qwen3",
+            "data.train_files=a.jsonl,b.jsonl",
+            "optimizer.learning_rate=1",
+        ],
+    )
+    assert config.data.global_batch_size == 64
+    assert config.optimizer.learning_rate == 1.0 and isinstance(
+        config.optimizer.learning_rate, float
+    )
+    assert config.model.exclude_instruction is True
+    assert config.loss.variant == "qwen3"
+    assert config.data.train_files == ("a.jsonl", "b.jsonl")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.nope=1", "unknown config key 'model.nope'"),
+        ("nope.x=1", "unknown config key 'nope'"),
+        ("data.global_batch_size=big", "expected int, got str"),
+        ("model.exclude_instruction=maybe", "expected true or false"),
+        ("data.global_batch_size", "expected --config.KEY=VALUE"),
+    ],
+)
+def test_bad_overrides(override, message):
+    with pytest.raises(UserInputError, match=message):
+        apply_overrides(default_config(), [override])
+
+
+def test_recipe_configs_match_the_papers():
+    s1 = load_config(f"{CONFIGS / 'llama_embed_nemotron_8b.py'}:stage1")
+    s2 = load_config(f"{CONFIGS / 'llama_embed_nemotron_8b.py'}:stage2")
+    assert (s1.data.global_batch_size, s1.data.num_negatives, s1.optimizer.learning_rate) == (
+        2048,
+        1,
+        1e-5,
+    )
+    assert (s2.data.global_batch_size, s2.data.num_negatives, s2.optimizer.learning_rate) == (
+        128,
+        4,
+        2e-6,
+    )
+    for c in (s1, s2):
+        assert c.loss.variant == "hn_only" and c.loss.temperature == 0.02
+        assert (c.data.query_max_length, c.data.passage_max_length) == (512, 512)
+        assert c.optimizer.warmup_steps == 100 and c.optimizer.weight_decay == 0.01
+        assert c.model.pooling == "mean" and not c.model.exclude_instruction
+    r1 = load_config(f"{CONFIGS / 'nv_retriever_v1.py'}:stage1")
+    r2 = load_config(f"{CONFIGS / 'nv_retriever_v1.py'}:stage2")
+    assert (r1.loss.variant, r1.data.num_negatives) == ("in_batch", 1)
+    assert (r2.loss.variant, r2.data.num_negatives) == ("hn_only", 5)
+    assert (r1.data.query_max_length, r1.data.passage_max_length) == (192, 512)
+    assert r1.model.exclude_instruction
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(UserInputError, match="config file not found"):
+        load_config(str(tmp_path / "missing.py"))
+    with pytest.raises(UserInputError, match="unknown stage"):
+        load_config(f"{CONFIGS / 'llama_embed_nemotron_8b.py'}:stage3")
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from jaxembed.config import default_config\n"
+        "def get_config(arg=None):\n"
+        "    c = default_config()\n"
+        "    c.model.hidden = 3\n"
+        "    return c\n"
+    )
+    with pytest.raises(UserInputError, match="unknown config key 'model.hidden'"):
+        load_config(str(bad))
