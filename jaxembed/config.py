@@ -65,6 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
         weights=(),  # blending weight per train file; empty = equal
         format="jsonl",  # jsonl | nemo | sentence_transformers
         instruction="",  # default query instruction for records that carry none
+        eval_dir="",  # BEIR-layout held-out set for train.eval_every ("" = none)
+        eval_split="test",
         tokenizer="",
         global_batch_size=16,
         num_negatives=1,
@@ -80,7 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
         log_every=10,
         checkpoint_every=50,
         keep_checkpoints=3,
-        eval_every=0,
+        eval_every=0,  # steps between held-out retrieval evaluations (0 = never)
         peak_flops=0.0,  # per-device peak FLOP/s for the MFU estimate; 0 = don't report MFU
     )
     return ml_collections.ConfigDict(c)

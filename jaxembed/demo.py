@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from jaxembed.config import default_config
-from jaxembed.metrics import evaluate_run
+from jaxembed.data.formats import load_beir
+from jaxembed.evaluate import evaluate_retrieval
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.llama import init_params
-from jaxembed.synthetic import SyntheticTask, make_task, write_task
+from jaxembed.synthetic import make_task, write_task
 from jaxembed.train.loop import model_config, train
 
 
@@ -64,27 +64,13 @@ def demo_config(data_dir: Path, tokenizer_dir: Path, vocab_size: int, steps: int
     return config
 
 
-def retrieval_scores(encoder: Encoder, task: SyntheticTask) -> dict[str, float]:
-    doc_ids, qids = list(task.corpus), list(task.queries)
-    docs = encoder.encode([task.corpus[d] for d in doc_ids], batch_size=64, show_progress=False)
-    queries = encoder.encode(
-        [task.queries[q] for q in qids],
-        instruction=task.instruction,
-        batch_size=64,
-        show_progress=False,
-    )
-    scores = queries @ docs.T
-    top = np.argsort(-scores, axis=1)[:, :100]
-    run = {q: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(qids)}
-    return evaluate_run(task.qrels, run, ks=(10,))
-
-
 def run_demo(workdir: str | Path, seed: int = 0, steps: int = 600) -> dict[str, Any]:
     workdir = Path(workdir).absolute()
     if (workdir / "checkpoints").exists():
         print(f"note: {workdir} has checkpoints; training resumes from them")
     task = make_task(seed)
     data_dir = write_task(task, workdir / "data")
+    held_out = load_beir(data_dir / "eval", "test")
     texts = [r["query"] for r in task.train_records] + list(task.corpus.values())
     texts += [p["text"] for r in task.train_records for p in r["positives"]]
     texts += [task.instruction] * 10  # so the query prefix is a few tokens, not characters
@@ -101,9 +87,10 @@ def run_demo(workdir: str | Path, seed: int = 0, steps: int = 600) -> dict[str, 
     print(f"model: bidirectional Llama, {mcfg.num_params():,} params, trained from scratch")
     # The same initial params the training run starts from (same seed, same init).
     init = jax.device_get(init_params(mcfg, jax.random.PRNGKey(config.seed)))
-    before = retrieval_scores(Encoder(mcfg, init, tokenizer, pooling), task)
+    before = evaluate_retrieval(Encoder(mcfg, init, tokenizer, pooling), held_out, task.instruction)
     result = train(config, workdir / "run")
-    after = retrieval_scores(Encoder(mcfg, jax.device_get(result.params), tokenizer, pooling), task)
+    trained = Encoder(mcfg, jax.device_get(result.params), tokenizer, pooling)
+    after = evaluate_retrieval(trained, held_out, task.instruction)
     first, last = result.history[0]["loss"], result.history[-1]["loss"]
     print(f"\ntraining loss {first:.3f} → {last:.3f} over {result.final_step} steps")
     print(f"\n{'held-out metric':<16}{'before':>10}{'after':>10}")

@@ -202,3 +202,62 @@ def test_two_processes_log_the_single_process_losses(task_dir, reference_run, tm
     ref, multi = _losses(reference_run), _losses(workdir)
     assert sorted(multi) == sorted(ref)
     np.testing.assert_allclose([multi[s] for s in ref], list(ref.values()), rtol=0, atol=1e-5)
+
+
+def test_periodic_heldout_evaluation(task_dir, tmp_path):
+    workdir = tmp_path / "eval"
+    args = _args(
+        task_dir,
+        workdir,
+        "--config.train.steps=4",
+        "--config.train.log_every=3",
+        "--config.train.eval_every=2",
+        f"--config.data.eval_dir={task_dir / 'eval'}",
+    )
+    assert main(args) == 0
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r["step"] for r in records if "eval_ndcg_at_10" in r]
+    assert evaluated == [2, 4] and [r["step"] for r in records] == [2, 3, 4]
+    assert all(0.0 <= r["eval_recall_at_10"] <= 1.0 for r in records if "eval_recall_at_10" in r)
+
+
+def test_init_from_a_huggingface_checkpoint(tmp_path):
+    from tiny_models import WORDS, make_hf_model
+
+    from jaxembed import hf
+
+    model_dir = tmp_path / "hf"
+    make_hf_model("llama", model_dir)
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "train.jsonl", "w") as f:
+        for _ in range(32):
+            words = list(rng.choice(WORDS, size=6))
+            f.write(
+                json.dumps(
+                    {
+                        "query": " ".join(words[:3]),
+                        "positives": [" ".join(words)],
+                        "negatives": [" ".join(rng.choice(WORDS, size=6))],
+                    }
+                )
+                + "\n"
+            )
+    workdir = tmp_path / "run"
+    args = [
+        "train", "--workdir", str(workdir),
+        "--config.model.init=hf", f"--config.model.hf_path={model_dir}",
+        f"--config.data.train_files={tmp_path / 'train.jsonl'}",
+        "--config.data.global_batch_size=8", "--config.train.steps=1",
+        "--config.optimizer.learning_rate=0.0", "--config.optimizer.weight_decay=0.0",
+    ]  # fmt: skip
+    assert main(args) == 0
+    # With a zero learning rate the checkpoint holds exactly the imported weights.
+    import orbax.checkpoint as ocp
+
+    config = hf.llama_config_from_hf(hf.read_hf_config(model_dir))
+    imported = hf.load_params(model_dir, config)
+    restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "1" / "state")
+    np.testing.assert_array_equal(
+        np.asarray(restored["params"]["layers"]["mlp"]["up_proj"]["kernel"]),
+        np.asarray(imported["layers"]["mlp"]["up_proj"]["kernel"]),
+    )

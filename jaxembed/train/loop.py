@@ -23,8 +23,10 @@ from jaxembed.checkpoint import Checkpointer
 from jaxembed.config import LOSS_VARIANTS
 from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineConfig
 from jaxembed.data import batch_sharding as pipeline_batch_sharding
-from jaxembed.data.formats import read_training_jsonl
+from jaxembed.data.formats import load_beir, read_training_jsonl
 from jaxembed.errors import UserInputError
+from jaxembed.evaluate import evaluate_retrieval
+from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.llama import LlamaConfig, init_params
 from jaxembed.models.pooling import POOLING_MODES
 from jaxembed.progress import progress_bar
@@ -114,6 +116,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             raise UserInputError(f"data.train_files: {path} not found")
     if m.init == "random" and not d.tokenizer:
         raise UserInputError("data.tokenizer is empty: a random model needs a tokenizer directory")
+    if config.train.eval_every:
+        if not d.eval_dir:
+            raise UserInputError("train.eval_every is set but data.eval_dir is empty")
+        if jax.process_count() > 1:
+            raise UserInputError("train.eval_every is single-process only for now; set it to 0")
     if config.train.steps < 1:
         raise UserInputError(f"train.steps={config.train.steps}: must be >= 1")
 
@@ -170,6 +177,28 @@ class _Preemption:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Evaluator:
+    """Held-out retrieval metrics of the current params (one compiled encoder, reused)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mcfg: LlamaConfig, tokenizer, mesh):
+        self.data = load_beir(config.data.eval_dir, config.data.eval_split)
+        self.instruction = config.data.instruction or None
+        self.pooling = PoolingSettings(config.model.pooling, True, config.model.exclude_instruction)
+        self.args = (mcfg, tokenizer, mesh)
+        self.max_length = max(config.data.query_max_length, config.data.passage_max_length)
+        self.encoder: Encoder | None = None
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        mcfg, tokenizer, mesh = self.args
+        if self.encoder is None:
+            self.encoder = Encoder(mcfg, params, tokenizer, self.pooling, mesh)
+        self.encoder.params = params
+        scores = evaluate_retrieval(
+            self.encoder, self.data, self.instruction, max_length=self.max_length
+        )
+        return {f"eval_{k}": v for k, v in scores.items()}
 
 
 def load_datasets(config: ml_collections.ConfigDict) -> list[DatasetSpec]:
@@ -251,6 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         state=data_state,
     )
     compiled = None
+    evaluator = _Evaluator(config, mcfg, tokenizer, mesh) if t.eval_every else None
     flops_per_token = model_flops_per_token(
         mcfg, max(config.data.query_max_length, config.data.passage_max_length)
     )
@@ -270,16 +300,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
                 if compiled is None:
                     compiled = jit_train_step(train_step, shardings, mesh, batch)
                 state, metrics = compiled(state, batch)
+                # Summed on device: reading metrics every step would stall async dispatch.
+                window_tokens = window_tokens + metrics["tokens"]
                 done = step + 1
-                if done % t.log_every == 0 or done == t.steps:
+                evaluate_now = evaluator is not None and done % t.eval_every == 0
+                if done % t.log_every == 0 or done == t.steps or evaluate_now:
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if not math.isfinite(values["loss"]):
+                        raise FloatingPointError(f"loss became {values['loss']} at step {done}")
                     elapsed = time.perf_counter() - window_start
-                    window_tokens += values["tokens"]
                     record = {"step": done, **values}
-                    record["tokens_per_second"] = window_tokens / max(elapsed, 1e-9)
+                    record["tokens_per_second"] = float(window_tokens) / max(elapsed, 1e-9)
                     if config.train.peak_flops > 0:
                         achieved = record["tokens_per_second"] * flops_per_token
                         record["mfu"] = achieved / (config.train.peak_flops * jax.device_count())
+                    if evaluate_now:
+                        record.update(evaluator(state.params))
                     history.append(record)
                     metrics_log.write(record)
                     progress.set_postfix(
@@ -288,11 +324,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
                         refresh=False,
                     )
                     window_start, window_tokens = time.perf_counter(), 0.0
-                else:
-                    window_tokens += float(metrics["tokens"])
                 progress.update(1)
-                if not math.isfinite(float(metrics["loss"])):
-                    raise FloatingPointError(f"loss became {float(metrics['loss'])} at step {done}")
                 if preemption.requested:
                     checkpointer.save(done, state, iterator.state.to_dict(), force=True)
                     preempted = True
