@@ -312,9 +312,12 @@ def load_tokenizer(directory: str | Path) -> Any:
         raise UserInputError(
             f"{directory}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})"
         )
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    # tokenizer.json is the exact pipeline; AutoTokenizer may rebuild a model-specific one
+    # from vocab/merges instead (transformers v5 does for qwen2), so read the file as it is.
+    loader = PreTrainedTokenizerFast if (directory / "tokenizer.json").is_file() else AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        return loader.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as e:
         raise UserInputError(f"{directory}: cannot load tokenizer ({e})") from e

@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 from safetensors.numpy import load_file, save_file
-from tiny_models import make_hf_model
 
 from jaxembed.cli import main
+
+from tiny_models import make_hf_model
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,7 @@ def test_missing_tokenizer(model_copy, good_input, tmp_path, capsys):
         ('{"text": 5}\n', "in.jsonl:1: 'text' is not a string (int)"),
         ('{"text": "w1"}\n\n{"text": "w2"}\n', "in.jsonl:2: empty line"),
         ("", "in.jsonl: no input lines"),
+        ('{"text": "w1"}\n{"text": ""}\n', "text 1 (of 1) tokenizes to no tokens"),
     ],
 )
 def test_malformed_input(good_model, tmp_path, capsys, content, message):

@@ -10,12 +10,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from data_helpers.scenario import STEPS, make_config, make_specs
-from data_helpers.synthetic import tiny_tokenizer
 from jax.sharding import Mesh
 
 from jaxembed.data import BatchIterator, batch_sharding
 from jaxembed.data.batching import pick_bucket
+
+from data_helpers.scenario import STEPS, make_config, make_specs
+from data_helpers.synthetic import tiny_tokenizer
 
 WORKER = Path(__file__).parent / "data_helpers" / "multihost_worker.py"
 TIMEOUT_S = 180

@@ -5,7 +5,6 @@ import time
 import jax
 import numpy as np
 import pytest
-from data_helpers.synthetic import make_records, tiny_tokenizer
 from jax.sharding import Mesh
 
 from jaxembed.data import (
@@ -18,6 +17,8 @@ from jaxembed.data import (
     batch_sharding,
 )
 from jaxembed.data.records import doc_hash
+
+from data_helpers.synthetic import make_records, tiny_tokenizer
 
 KEYS = {
     "query_input_ids",

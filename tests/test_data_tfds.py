@@ -3,10 +3,10 @@
 import json
 import sys
 
-from data_helpers.synthetic import make_records
-
 from jaxembed.data import Passage, TrainingRecord, read_training_jsonl
 from jaxembed.data.tfds_builder import build_tfds_dataset, open_tfds_records
+
+from data_helpers.synthetic import make_records
 
 
 def test_build_and_read_back_round_trips_every_record(tmp_path):
@@ -44,9 +44,9 @@ def test_build_and_read_back_round_trips_every_record(tmp_path):
 
 
 def test_pipeline_reads_the_tfds_source_like_the_in_memory_records(tmp_path):
-    from data_helpers.synthetic import tiny_tokenizer
-
     from jaxembed.data import BatchIterator, DatasetSpec, PipelineConfig
+
+    from data_helpers.synthetic import tiny_tokenizer
 
     records = make_records(24, seed=4, negatives=(0, 3))
     build_tfds_dataset(records, tmp_path / "tfds")

@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import WORDS, make_hf_model
 
 from jaxembed.cli import main
 from jaxembed.models.encoder import Encoder, PoolingSettings, bucket_lengths
 from jaxembed.prompts import format_query
 from jaxembed.sharding import make_mesh
+
+from tiny_models import WORDS, make_hf_model
 
 RNG = np.random.default_rng(0)
 TEXTS = [" ".join(RNG.choice(WORDS, size=int(n))) for n in RNG.integers(1, 40, size=23)]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import make_hf_model, random_batch
 
 from jaxembed import hf
 from jaxembed.models.llama import LlamaModel
+
+from tiny_models import make_hf_model, random_batch
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",

@@ -222,9 +222,9 @@ def test_periodic_heldout_evaluation(task_dir, tmp_path):
 
 
 def test_init_from_a_huggingface_checkpoint(tmp_path):
-    from tiny_models import WORDS, make_hf_model
-
     from jaxembed import hf
+
+    from tiny_models import WORDS, make_hf_model
 
     model_dir = tmp_path / "hf"
     make_hf_model("llama", model_dir)

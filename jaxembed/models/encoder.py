@@ -171,6 +171,10 @@ class Encoder:
             dp = data_parallel_size(self.mesh)
             batch_size = -(-batch_size // dp) * dp
         ids, pool_starts = self.tokenize(texts, instruction, max_length)
+        empty = [i for i, x in enumerate(ids) if not x]
+        if empty:
+            # A zero vector would be silently wrong; say which input it is (0-based).
+            raise UserInputError(f"text {empty[0]} (of {len(empty)}) tokenizes to no tokens")
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         buckets = bucket_lengths(max_length)
         out = np.zeros((len(ids), self.config.hidden_size), np.float32)

@@ -14,9 +14,10 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
+from jaxembed.data import BatchIterator, IteratorState, batch_sharding  # noqa: E402
+
 from data_helpers.scenario import STEPS, make_config, make_specs  # noqa: E402
 from data_helpers.synthetic import tiny_tokenizer  # noqa: E402
-from jaxembed.data import BatchIterator, IteratorState, batch_sharding  # noqa: E402
 
 
 def main() -> None:

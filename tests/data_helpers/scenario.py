@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from data_helpers.synthetic import make_records
 from jaxembed.data import DatasetSpec, PipelineConfig
+
+from data_helpers.synthetic import make_records
 
 STEPS = 4
 
