@@ -4,7 +4,7 @@ negative, stage 2 5 hard negatives; negatives mined with TopK-PercPos 95% (`jaxe
 LoRA r16/alpha32 arrives with the scale issue; until then this config fine-tunes all weights.
 """
 
-from jaxembed.config import default_config
+from jaxembed.config import bidirectional_llm_config, select_variant
 
 STAGES = {
     "stage1": dict(variant="in_batch", num_negatives=1),
@@ -13,25 +13,14 @@ STAGES = {
 
 
 def get_config(arg=None):
-    stage = arg or "stage1"
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(STAGES)}")
-    s = STAGES[stage]
-    c = default_config()
-    c.model.init = "hf"
-    c.model.dtype = "bfloat16"
-    c.model.remat_policy = "full"
-    c.model.pooling = "mean"
+    stage = select_variant(STAGES, arg, "stage1")
+    c = bidirectional_llm_config()
     c.model.exclude_instruction = True
-    c.loss.variant = s["variant"]
+    c.loss.variant = stage["variant"]
     c.loss.temperature = 0.02
-    c.data.num_negatives = s["num_negatives"]
+    c.data.num_negatives = stage["num_negatives"]
     c.data.query_max_length = 192
     c.data.passage_max_length = 512
     c.data.global_batch_size = 128
     c.optimizer.learning_rate = 1e-5
-    c.optimizer.warmup_steps = 100
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.mesh.tensor = 1
     return c

@@ -88,6 +88,28 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(c)
 
 
+def select_variant(variants: dict[str, Any], arg: str | None, default: str) -> Any:
+    """A recipe file's `get_config(arg)` choice among named variants (e.g. stages)."""
+    name = arg or default
+    if name not in variants:
+        raise ValueError(f"unknown variant {name!r}; expected one of {sorted(variants)}")
+    return variants[name]
+
+
+def bidirectional_llm_config() -> ml_collections.ConfigDict:
+    """What every big-model recipe shares: a local HF checkpoint, bf16 compute over f32 params,
+    full remat, mean pooling, FSDP over all devices."""
+    c = default_config()
+    c.model.init = "hf"
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat_policy = "full"
+    c.model.pooling = "mean"
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    c.optimizer.warmup_steps = 100
+    return c
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py[:arg]` → the file's `get_config(arg)`."""
     path_text, _, arg = spec.partition(":")

@@ -107,13 +107,17 @@ def llama_config_from_hf(
 
 @dataclass(frozen=True)
 class WeightMap:
-    """One jaxembed param ⇄ one HF tensor (per layer when `per_layer`)."""
+    """One jaxembed param ⇄ one HF tensor (one per layer when `per_layer`)."""
 
     path: tuple[str, ...]
     hf_name: str  # with "{i}" for the layer index
     per_layer: bool
     to_ours: Callable[[np.ndarray], np.ndarray]
-    hf_shape: Callable[[LlamaConfig], tuple[int, ...]]
+    hf_shape: tuple[int, ...]
+
+
+def _same(w: np.ndarray) -> np.ndarray:
+    return w
 
 
 def _t(w: np.ndarray) -> np.ndarray:
@@ -121,86 +125,45 @@ def _t(w: np.ndarray) -> np.ndarray:
 
 
 def weight_maps(config: LlamaConfig) -> list[WeightMap]:
+    """HF Linear weights are [out, in]; ours are [in, out] with heads split out."""
     h, d = config.hidden_size, config.resolved_head_dim
     nq, nkv, inter = config.num_heads, config.num_kv_heads, config.intermediate_size
     layer = "model.layers.{i}."
     maps = [
-        WeightMap(
-            ("embed_tokens", "embedding"),
-            "model.embed_tokens.weight",
-            False,
-            lambda w: w,
-            lambda c: (c.vocab_size, h),
-        ),
-        WeightMap(("norm", "scale"), "model.norm.weight", False, lambda w: w, lambda c: (h,)),
-        WeightMap(
-            ("layers", "input_layernorm", "scale"),
-            layer + "input_layernorm.weight",
-            True,
-            lambda w: w,
-            lambda c: (h,),
-        ),
-        WeightMap(
-            ("layers", "post_attention_layernorm", "scale"),
-            layer + "post_attention_layernorm.weight",
-            True,
-            lambda w: w,
-            lambda c: (h,),
-        ),
-        WeightMap(
-            ("layers", "self_attn", "o_proj", "kernel"),
-            layer + "self_attn.o_proj.weight",
-            True,
-            lambda w: w.T.reshape(nq, d, h),
-            lambda c: (h, nq * d),
-        ),
-        WeightMap(
-            ("layers", "mlp", "gate_proj", "kernel"),
-            layer + "mlp.gate_proj.weight",
-            True,
-            _t,
-            lambda c: (inter, h),
-        ),
-        WeightMap(
-            ("layers", "mlp", "up_proj", "kernel"),
-            layer + "mlp.up_proj.weight",
-            True,
-            _t,
-            lambda c: (inter, h),
-        ),
-        WeightMap(
-            ("layers", "mlp", "down_proj", "kernel"),
-            layer + "mlp.down_proj.weight",
-            True,
-            _t,
-            lambda c: (h, inter),
-        ),
-    ]
-    for name, heads in (("q_proj", nq), ("k_proj", nkv), ("v_proj", nkv)):
+        WeightMap(("embed_tokens", "embedding"), "model.embed_tokens.weight", False, _same,
+                  (config.vocab_size, h)),
+        WeightMap(("norm", "scale"), "model.norm.weight", False, _same, (h,)),
+        WeightMap(("layers", "self_attn", "o_proj", "kernel"), layer + "self_attn.o_proj.weight",
+                  True, lambda w: w.T.reshape(nq, d, h), (h, nq * d)),
+    ]  # fmt: skip
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+        maps.append(
+            WeightMap(("layers", norm, "scale"), f"{layer}{norm}.weight", True, _same, (h,))
+        )
+    for name, shape in (
+        ("gate_proj", (inter, h)),
+        ("up_proj", (inter, h)),
+        ("down_proj", (h, inter)),
+    ):
         maps.append(
             WeightMap(
-                ("layers", "self_attn", name, "kernel"),
-                layer + f"self_attn.{name}.weight",
-                True,
-                lambda w, n=heads: w.T.reshape(h, n, d),
-                lambda c, n=heads: (n * d, h),
+                ("layers", "mlp", name, "kernel"), f"{layer}mlp.{name}.weight", True, _t, shape
             )
         )
+    for name, heads in (("q_proj", nq), ("k_proj", nkv), ("v_proj", nkv)):
+        attn = ("layers", "self_attn", name)
+        maps.append(
+            WeightMap(attn + ("kernel",), f"{layer}self_attn.{name}.weight", True,
+                      lambda w, n=heads: w.T.reshape(h, n, d), (heads * d, h))
+        )  # fmt: skip
         if config.attention_bias:
             maps.append(
-                WeightMap(
-                    ("layers", "self_attn", name, "bias"),
-                    layer + f"self_attn.{name}.bias",
-                    True,
-                    lambda w, n=heads: w.reshape(n, d),
-                    lambda c, n=heads: (n * d,),
-                )
-            )
+                WeightMap(attn + ("bias",), f"{layer}self_attn.{name}.bias", True,
+                          lambda w, n=heads: w.reshape(n, d), (heads * d,))
+            )  # fmt: skip
     if config.with_lm_head and not config.tie_word_embeddings:
         maps.append(
-            WeightMap(
-                ("lm_head", "kernel"), "lm_head.weight", False, _t, lambda c: (c.vocab_size, h)
-            )
+            WeightMap(("lm_head", "kernel"), "lm_head.weight", False, _t, (config.vocab_size, h))
         )
     return maps
 
@@ -248,7 +211,7 @@ def load_params(
     params: dict[str, Any] = {}
     for wmap in weight_maps(config):
         names = _hf_names(wmap, prefix, config)
-        expected = wmap.hf_shape(config)
+        expected = wmap.hf_shape
         for name in names:
             if name not in checkpoint:
                 raise UserInputError(f"{directory}: weight {name!r} is missing from the checkpoint")

@@ -79,7 +79,7 @@ def test_recipe_configs_match_the_papers():
 def test_config_file_errors(tmp_path):
     with pytest.raises(UserInputError, match="config file not found"):
         load_config(str(tmp_path / "missing.py"))
-    with pytest.raises(UserInputError, match="unknown stage"):
+    with pytest.raises(UserInputError, match="unknown variant .stage3."):
         load_config(f"{CONFIGS / 'llama_embed_nemotron_8b.py'}:stage3")
     bad = tmp_path / "bad.py"
     bad.write_text(
