@@ -84,3 +84,20 @@ def test_bad_mesh_shapes(shape, message):
 def test_config_rejects_bad_heads():
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         LlamaConfig(**{**CONFIG.__dict__, "num_kv_heads": 3})
+
+
+def test_dense_matmul_gradients_equal_autodiff():
+    from jaxembed.models.matmul import dense_matmul
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8))
+    k = jax.random.normal(jax.random.PRNGKey(1), (8, 12))
+    r = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 12))
+
+    def ours(x, k):
+        return jnp.sum(jnp.tanh(dense_matmul(x, k)) * r)
+
+    def plain(x, k):
+        return jnp.sum(jnp.tanh(x @ k) * r)
+
+    for a, b in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(plain, (0, 1))(x, k), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxembed.models.matmul import dense_dot_general
 from jaxembed.models.rope import rope_inverse_frequencies
 
 REMAT_POLICIES = {
@@ -173,6 +174,7 @@ class MLP(nn.Module):
                 dtype=dtype,
                 param_dtype=pdtype,
                 kernel_init=_dense_init(axes),
+                dot_general=dense_dot_general,
                 name=name,
             )
 
