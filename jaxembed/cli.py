@@ -43,9 +43,12 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    import time
+
     from jaxembed.demo import run_demo
 
-    run_demo(args.workdir, seed=args.seed, steps=args.steps)
+    workdir = args.workdir or f"workdirs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_demo(workdir, seed=args.seed, steps=args.steps)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.set_defaults(func=cmd_encode)
 
     demo = sub.add_parser("demo", help="offline end-to-end run on a built-in default")
-    demo.add_argument("--workdir", default="workdirs/demo")
+    demo.add_argument("--workdir", default=None, help="default: workdirs/demo-DATE-TIME")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=int, default=600)
     demo.set_defaults(func=cmd_demo)

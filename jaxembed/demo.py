@@ -14,6 +14,7 @@ import jax
 
 from jaxembed.config import default_config
 from jaxembed.data.formats import load_beir
+from jaxembed.errors import UserInputError
 from jaxembed.evaluate import evaluate_retrieval
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.llama import init_params
@@ -66,8 +67,10 @@ def demo_config(data_dir: Path, tokenizer_dir: Path, vocab_size: int, steps: int
 
 def run_demo(workdir: str | Path, seed: int = 0, steps: int = 600) -> dict[str, Any]:
     workdir = Path(workdir).absolute()
-    if (workdir / "checkpoints").exists():
-        print(f"note: {workdir} has checkpoints; training resumes from them")
+    if workdir.exists() and any(workdir.iterdir()):
+        raise UserInputError(
+            f"{workdir}: already exists and is not empty; choose another --workdir"
+        )
     task = make_task(seed)
     data_dir = write_task(task, workdir / "data")
     held_out = load_beir(data_dir / "eval", "test")

@@ -120,3 +120,11 @@ def test_invalid_utf8_input(good_model, tmp_path, capsys):
     inp = tmp_path / "in.jsonl"
     inp.write_bytes(b'{"text": "w1"}\n{"text": "\xff"}\n')
     assert "in.jsonl:2: invalid UTF-8" in _run(good_model, inp, tmp_path, capsys)
+
+
+def test_demo_refuses_a_used_workdir(tmp_path, capsys):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep.txt").write_text("user data")
+    assert main(["demo", "--workdir", str(tmp_path / "old")]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "old" / "keep.txt").read_text() == "user data"
