@@ -109,9 +109,7 @@ def jax_side(args: argparse.Namespace, batch: dict[str, np.ndarray]):
     state = create_state(init_params(config, jax.random.PRNGKey(0)), optimizer, jax.random.key(0))
     state = jax.device_put(state, shardings)
     device_batch = {k: jax.device_put(v) for k, v in batch.items()}
-    step = jit_train_step(
-        make_train_step(config, optimizer, schedule, settings), shardings, mesh, device_batch
-    )
+    step = jit_train_step(make_train_step(config, optimizer, schedule, settings), shardings, mesh)
     holder = {"state": state}
 
     def run() -> float:

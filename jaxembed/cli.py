@@ -22,12 +22,12 @@ def _parse_mesh(text: str) -> tuple[int, int, int]:
 def cmd_encode(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from jaxembed.data.formats import read_text_column
     from jaxembed.io_utils import atomic_file
-    from jaxembed.jsonl import read_texts
     from jaxembed.models.encoder import Encoder
     from jaxembed.sharding import make_mesh
 
-    texts = read_texts(args.input)
+    texts = read_text_column(args.input)
     mesh = make_mesh(args.mesh)
     encoder = Encoder.from_pretrained(args.model, mesh=mesh, dtype=args.dtype)
     embeddings = encoder.encode(

@@ -18,8 +18,6 @@ import ml_collections
 
 from jaxembed.errors import UserInputError
 
-LOSS_VARIANTS = ("hn_only", "gemini", "in_batch", "gecko", "qwen3")
-
 
 def default_config() -> ml_collections.ConfigDict:
     """Every key a training config may have, set for a tiny model on a CPU."""

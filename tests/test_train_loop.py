@@ -261,3 +261,11 @@ def test_init_from_a_huggingface_checkpoint(tmp_path):
         np.asarray(restored["params"]["layers"]["mlp"]["up_proj"]["kernel"]),
         np.asarray(imported["layers"]["mlp"]["up_proj"]["kernel"]),
     )
+
+
+def test_bad_training_record_is_a_clean_error(task_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "positives": ["p"]}\n{"query": "q2", "positives": [\n')
+    code = main(_args(task_dir, tmp_path / "w", f"--config.data.train_files={bad}"))
+    assert code == 2
+    assert f"{bad}:2: invalid JSON" in capsys.readouterr().err

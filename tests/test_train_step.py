@@ -47,7 +47,7 @@ def _run(mesh_shape, settings: StepSettings, steps: int = 2):
         create_state(init_params(CONFIG, jax.random.PRNGKey(0)), optimizer, jax.random.PRNGKey(1)),
         shardings,
     )
-    step = jit_train_step(train_step, shardings, mesh, _batch())
+    step = jit_train_step(train_step, shardings, mesh)
     losses = []
     for i in range(steps):
         state, metrics = step(state, _batch(i))

@@ -10,9 +10,10 @@ from jaxembed.data.formats import (
     read_beir_queries,
     read_training_jsonl,
 )
-from jaxembed.data.pipeline import BatchIterator, DatasetSpec, PipelineConfig, batch_sharding
+from jaxembed.data.pipeline import BatchIterator, DatasetSpec, PipelineConfig
 from jaxembed.data.records import Passage, TrainingRecord
 from jaxembed.data.sampler import IteratorState, StreamState
+from jaxembed.sharding import batch_sharding  # the train step's batch layout
 
 __all__ = [
     "BatchIterator",

@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from jaxembed.errors import UserInputError
+
 OnError = Literal["raise", "skip"]
 
 
-class DataFormatError(ValueError):
-    """A record that cannot be used, located by file and 1-based line."""
+class DataFormatError(UserInputError):
+    """A record that cannot be used, located by file and 1-based line (the CLI reports it
+    like any bad input: one line, exit status 2)."""
 
     def __init__(self, path: str | Path, line: int, reason: str) -> None:
         self.path = str(path)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from jaxembed.data.errors import DataFormatError, ErrorPolicy, OnError, Rejects
 from jaxembed.data.records import Passage, TrainingRecord, text_id
+from jaxembed.errors import UserInputError
 
 TrainingFormat = Literal["jsonl", "nemo", "sentence_transformers"]
 
@@ -36,8 +37,11 @@ class _BadRecord(Exception):
     """Internal: a reason, turned into a located DataFormatError by the line loop."""
 
 
-def _lines(path: Path, policy: ErrorPolicy) -> Iterator[tuple[int, bytes, str]]:
-    """(line number, raw bytes, decoded text) of each non-blank line; CRLF tolerated."""
+def _lines(
+    path: Path, policy: ErrorPolicy, skip_blank: bool = True
+) -> Iterator[tuple[int, bytes, str]]:
+    """(line number, raw bytes, decoded text) of each line; CRLF tolerated. Blank lines are
+    skipped, or errors where rows must stay aligned with lines (`skip_blank=False`)."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             raw = raw.rstrip(b"\r\n")
@@ -48,10 +52,14 @@ def _lines(path: Path, policy: ErrorPolicy) -> Iterator[tuple[int, bytes, str]]:
                 continue
             if text.strip():
                 yield lineno, raw, text
+            elif not skip_blank:
+                policy.handle(DataFormatError(path, lineno, "empty line"), raw)
 
 
-def _json_lines(path: Path, policy: ErrorPolicy) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
-    for lineno, raw, text in _lines(path, policy):
+def _json_lines(
+    path: Path, policy: ErrorPolicy, skip_blank: bool = True
+) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    for lineno, raw, text in _lines(path, policy, skip_blank):
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
@@ -131,6 +139,24 @@ def parse_training_record(
     instr = _string(obj.get("instruction", instruction), "instruction", required=False)
     name = _string(obj.get("dataset", dataset), "dataset", required=False)
     return TrainingRecord(query, positives, negatives, instr, name)
+
+
+def read_text_column(path: str | Path, key: str = "text") -> list[str]:
+    """The `key` string of every line of a JSONL file; row i is line i + 1, so a blank line
+    is an error rather than skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: file not found")
+    texts = []
+    for lineno, _, obj in _json_lines(path, ErrorPolicy("raise", None), skip_blank=False):
+        value = obj.get(key)
+        if not isinstance(value, str):
+            problem = "missing" if value is None else f"not a string ({type(value).__name__})"
+            raise DataFormatError(path, lineno, f"{key!r} is {problem}")
+        texts.append(value)
+    if not texts:
+        raise UserInputError(f"{path}: no input lines")
+    return texts
 
 
 def read_training_jsonl(

@@ -19,7 +19,6 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from jax.sharding import Sharding
 from transformers import PreTrainedTokenizerFast
@@ -254,8 +253,3 @@ class BatchIterator:
             "doc_ids": np.asarray([e.doc_ids for e in examples], dtype=np.int32),
             "dataset_index": plan.dataset[rows].astype(np.int32),
         }
-
-
-def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-    """The batch layout of the train step: dim 0 over ('data', 'fsdp')."""
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))

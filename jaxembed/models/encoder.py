@@ -9,7 +9,7 @@ bucket. On a mesh, params keep their FSDP/tensor shardings and the batch is spli
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,22 @@ def read_pooling_settings(directory: str | Path) -> PoolingSettings:
     return PoolingSettings(**settings)
 
 
+def make_embed_fn(
+    config: LlamaConfig, pooling: str, normalize: bool = True
+) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
+    """`(params, {"input_ids", "attention_mask"[, "pool_mask"]}) -> [rows, hidden]` f32: the
+    bidirectional backbone, pooled (and L2-normalized); shared by inference and training."""
+    model = LlamaModel(config)
+
+    def embed(params: Any, inputs: dict[str, jax.Array]) -> jax.Array:
+        mask = inputs["attention_mask"]
+        hidden = model.apply({"params": params}, inputs["input_ids"], mask, causal=False)
+        pooled = pool(hidden, mask, pooling, inputs.get("pool_mask"))
+        return l2_normalize(pooled) if normalize else pooled
+
+    return embed
+
+
 class Encoder:
     """Embeds texts with a Llama-family backbone in bidirectional mode."""
 
@@ -96,9 +112,10 @@ class Encoder:
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.mesh = mesh
-        self._model = LlamaModel(config)
+        self._param_shardings = None
         if mesh is not None:
-            params = jax.device_put(params, param_shardings(param_shapes(config), mesh))
+            self._param_shardings = param_shardings(param_shapes(config), mesh)
+            params = jax.device_put(params, self._param_shardings)
         self.params = params
         self._embed = self._compile_embed()
 
@@ -118,24 +135,23 @@ class Encoder:
             hf.read_hf_config(directory), str(directory / "config.json"), **overrides
         )
         tokenizer = hf.load_tokenizer(directory)
-        shardings = param_shardings(param_shapes(config), mesh) if mesh is not None else None
-        params = hf.load_params(directory, config, mesh=mesh, shardings=shardings)
+        params = hf.load_params(directory, config, mesh=mesh)
         return cls(config, params, tokenizer, pooling or read_pooling_settings(directory), mesh)
 
     def _compile_embed(self):
-        model, settings = self._model, self.pooling
+        embed_inputs = make_embed_fn(self.config, self.pooling.mode, self.pooling.normalize)
 
         def embed(params: Any, ids: jax.Array, mask: jax.Array, pool_mask: jax.Array) -> jax.Array:
-            hidden = model.apply({"params": params}, ids, mask, causal=False)
-            pooled = pool(hidden, mask, settings.mode, pool_mask)
-            return l2_normalize(pooled) if settings.normalize else pooled
+            return embed_inputs(
+                params, {"input_ids": ids, "attention_mask": mask, "pool_mask": pool_mask}
+            )
 
         if self.mesh is None:
             return jax.jit(embed)
         rows = batch_sharding(self.mesh)
         return jax.jit(
             embed,
-            in_shardings=(param_shardings(param_shapes(self.config), self.mesh), rows, rows, rows),
+            in_shardings=(self._param_shardings, rows, rows, rows),
             out_shardings=replicated(self.mesh),
         )
 

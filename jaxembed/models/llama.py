@@ -16,7 +16,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxembed.models.matmul import dense_dot_general
 from jaxembed.models.rope import rope_inverse_frequencies
@@ -323,7 +322,3 @@ def init_params(config: LlamaConfig, rng: jax.Array) -> Any:
     ids = jnp.zeros((1, 1), jnp.int32)
     variables = LlamaModel(config).init(rng, ids, method=_init_all)
     return nn.meta.unbox(variables["params"])
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    return np.dtype(jnp.dtype(name))

@@ -20,17 +20,16 @@ import ml_collections
 
 from jaxembed import hf
 from jaxembed.checkpoint import Checkpointer
-from jaxembed.config import LOSS_VARIANTS
 from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineConfig
-from jaxembed.data import batch_sharding as pipeline_batch_sharding
 from jaxembed.data.formats import load_beir, read_training_jsonl
 from jaxembed.errors import UserInputError
 from jaxembed.evaluate import evaluate_retrieval
+from jaxembed.losses import CONTRASTIVE_VARIANTS
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.llama import LlamaConfig, init_params
 from jaxembed.models.pooling import POOLING_MODES
 from jaxembed.progress import progress_bar
-from jaxembed.sharding import make_mesh, resolve_mesh_shape
+from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
 from jaxembed.train.metrics_log import MetricsLog
 from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
 from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
@@ -86,8 +85,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             raise UserInputError(f"model.hf_path: {e}") from e
     if m.pooling not in POOLING_MODES:
         raise UserInputError(f"model.pooling={m.pooling!r}: expected one of {POOLING_MODES}")
-    if loss.variant not in LOSS_VARIANTS:
-        raise UserInputError(f"loss.variant={loss.variant!r}: expected one of {LOSS_VARIANTS}")
+    if loss.variant not in CONTRASTIVE_VARIANTS:
+        raise UserInputError(
+            f"loss.variant={loss.variant!r}: expected one of {CONTRASTIVE_VARIANTS}"
+        )
     if not loss.temperature > 0:
         raise UserInputError(f"loss.temperature={loss.temperature}: must be > 0")
     mesh_shape = resolve_mesh_shape(
@@ -269,17 +270,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
 
     metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0)
     metrics_log.truncate_after(start_step)
-    train_step = make_train_step(mcfg, optimizer, schedule, step_settings(config))
+    train_step = jit_train_step(
+        make_train_step(mcfg, optimizer, schedule, step_settings(config)), shardings, mesh
+    )
     history: list[dict[str, float]] = []
     preempted = False
     iterator = BatchIterator(
         datasets,
         tokenizer,
         pipeline_config,
-        sharding=pipeline_batch_sharding(mesh),
+        sharding=batch_sharding(mesh),
         state=data_state,
     )
-    compiled = None
     evaluator = _Evaluator(config, mcfg, tokenizer, mesh) if t.eval_every else None
     flops_per_token = model_flops_per_token(
         mcfg, max(config.data.query_max_length, config.data.passage_max_length)
@@ -297,9 +299,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
             for step in range(start_step, t.steps):
                 batch = next(iterator)
                 batch.pop("dataset_index", None)
-                if compiled is None:
-                    compiled = jit_train_step(train_step, shardings, mesh, batch)
-                state, metrics = compiled(state, batch)
+                state, metrics = train_step(state, batch)
                 # Summed on device: reading metrics every step would stall async dispatch.
                 window_tokens = window_tokens + metrics["tokens"]
                 done = step + 1

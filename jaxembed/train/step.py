@@ -16,13 +16,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding
 
 from jaxembed.gradcache import gradcache_value_and_grad
 from jaxembed.losses import contrastive_loss
-from jaxembed.models.llama import LlamaConfig, LlamaModel, param_shapes
-from jaxembed.models.pooling import l2_normalize, pool
-from jaxembed.sharding import BATCH_AXES, param_shardings, replicated
+from jaxembed.models.encoder import make_embed_fn
+from jaxembed.models.llama import LlamaConfig, param_shapes
+from jaxembed.sharding import batch_sharding, param_shardings, replicated
 from jaxembed.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -38,21 +39,6 @@ class StepSettings:
     mask_duplicates: bool = True
     gradcache_chunk: int = 0  # 0 = direct gradients
     gradcache_passage_chunk: int = 0  # 0 = same as gradcache_chunk
-
-
-def make_embed_fn(config: LlamaConfig, pooling: str) -> Callable[[Any, Batch], jax.Array]:
-    """`(params, {"input_ids", "attention_mask"[, "pool_mask"]}) -> [rows, hidden]` normalized."""
-    model = LlamaModel(config)
-
-    def embed(params: Any, inputs: Batch) -> jax.Array:
-        hidden = model.apply(
-            {"params": params}, inputs["input_ids"], inputs["attention_mask"], causal=False
-        )
-        return l2_normalize(
-            pool(hidden, inputs["attention_mask"], pooling, inputs.get("pool_mask"))
-        )
-
-    return embed
 
 
 def _side(batch: Batch, prefix: str, use_pool_mask: bool) -> Batch:
@@ -126,13 +112,9 @@ def state_shardings(
     config: LlamaConfig, optimizer: optax.GradientTransformation, mesh: Mesh
 ) -> TrainState:
     """Params and their optimizer moments share the params' FSDP/tensor layout."""
-    params = param_shardings(param_shapes(config), mesh)
-    abstract_params = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.value.shape, s.value.dtype),
-        param_shapes(config),
-        is_leaf=lambda x: hasattr(x, "names"),
-    )
-    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    boxed = param_shapes(config)
+    params = param_shardings(boxed, mesh)
+    abstract_opt = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed))
     opt = optax.tree_map_params(
         optimizer,
         lambda _, sharding: sharding,
@@ -144,23 +126,15 @@ def state_shardings(
     return TrainState(step=replicated(mesh), params=params, opt_state=opt, rng=replicated(mesh))
 
 
-def batch_shardings(mesh: Mesh, batch: Batch) -> Batch:
-    return {
-        k: NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (v.ndim - 1))))
-        for k, v in batch.items()
-    }
-
-
 def jit_train_step(
     train_step: Callable,
     shardings: TrainState,
     mesh: Mesh,
-    example_batch: Batch,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Jitted with explicit in/out shardings; the old state's buffers are donated."""
     return jax.jit(
         train_step,
-        in_shardings=(shardings, batch_shardings(mesh, example_batch)),
+        in_shardings=(shardings, batch_sharding(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=(0,),
     )
