@@ -90,10 +90,11 @@ def run_demo(workdir: str | Path, seed: int = 0, steps: int = 600) -> dict[str, 
     print(f"model: bidirectional Llama, {mcfg.num_params():,} params, trained from scratch")
     # The same initial params the training run starts from (same seed, same init).
     init = jax.device_get(init_params(mcfg, jax.random.PRNGKey(config.seed)))
-    before = evaluate_retrieval(Encoder(mcfg, init, tokenizer, pooling), held_out, task.instruction)
+    untrained = Encoder(mcfg, init, tokenizer, pooling)
+    before = evaluate_retrieval(untrained, held_out, task.instruction, ks=(10,))
     result = train(config, workdir / "run")
     trained = Encoder(mcfg, jax.device_get(result.params), tokenizer, pooling)
-    after = evaluate_retrieval(trained, held_out, task.instruction)
+    after = evaluate_retrieval(trained, held_out, task.instruction, ks=(10,))
     first, last = result.history[0]["loss"], result.history[-1]["loss"]
     print(f"\ntraining loss {first:.3f} → {last:.3f} over {result.final_step} steps")
     print(f"\n{'held-out metric':<16}{'before':>10}{'after':>10}")

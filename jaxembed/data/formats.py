@@ -42,6 +42,8 @@ def _lines(
 ) -> Iterator[tuple[int, bytes, str]]:
     """(line number, raw bytes, decoded text) of each line; CRLF tolerated. Blank lines are
     skipped, or errors where rows must stay aligned with lines (`skip_blank=False`)."""
+    if not Path(path).is_file():
+        raise UserInputError(f"{path}: file not found")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             raw = raw.rstrip(b"\r\n")
@@ -145,8 +147,6 @@ def read_text_column(path: str | Path, key: str = "text") -> list[str]:
     """The `key` string of every line of a JSONL file; row i is line i + 1, so a blank line
     is an error rather than skipped."""
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: file not found")
     texts = []
     for lineno, _, obj in _json_lines(path, ErrorPolicy("raise", None), skip_blank=False):
         value = obj.get(key)

@@ -15,8 +15,8 @@ class Passage:
     title: str = ""
 
     def full_text(self) -> str:
-        # BEIR convention (as in sentence-transformers' evaluator): title, a space, the body.
-        return f"{self.title} {self.text}" if self.title else self.text
+        # MTEB's convention: title, a space, the body, stripped (just the body without a title).
+        return f"{self.title} {self.text}".strip() if self.title else self.text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -197,7 +197,12 @@ class _Evaluator:
             self.encoder = Encoder(mcfg, params, tokenizer, self.pooling, mesh)
         self.encoder.params = params
         scores = evaluate_retrieval(
-            self.encoder, self.data, self.instruction, max_length=self.max_length
+            self.encoder,
+            self.data,
+            self.instruction,
+            ks=(10, 100),
+            depth=100,
+            max_length=self.max_length,
         )
         return {f"eval_{k}": v for k, v in scores.items()}
 
