@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from jaxembed.errors import UserInputError
 
@@ -64,11 +65,87 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"training {status} step {result.final_step}; workdir {args.workdir}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    import json
+    import time
+
+    from jaxembed import evaluate
+    from jaxembed.data.formats import read_beir_qrels
+    from jaxembed.data.trec_run import read_trec_run, write_trec_run
+    from jaxembed.io_utils import atomic_file
+    from jaxembed.metrics import evaluate_run
+
+    started = time.perf_counter()
+    ks = tuple(sorted(set(args.k)))
+    if args.run:
+        run, qrels = read_trec_run(args.run), read_beir_qrels(args.qrels)
+        scored = evaluate.score_run(qrels, run, ks)
+        scores, missing = scored["scores"], scored["missing_queries"]
+        if missing:
+            print(
+                f"warning: the run answers no documents for {len(missing)} judged queries "
+                f"(e.g. {missing[0]!r}); they are not averaged, as in trec_eval",
+                file=sys.stderr,
+            )
+        task, extra = Path(args.qrels).stem, {"run": args.run, "qrels": args.qrels}
+    else:
+        from jaxembed.models.encoder import Encoder
+        from jaxembed.sharding import make_mesh
+
+        data = evaluate.load_eval_split(args.data, args.split)
+        encoder = Encoder.from_pretrained(args.model, mesh=make_mesh(args.mesh), dtype=args.dtype)
+        run = evaluate.retrieve(
+            encoder,
+            data,
+            args.instruction,
+            depth=args.depth,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            show_progress=not args.quiet,
+        )
+        scores = evaluate_run(data.qrels, run, ks)
+        run_path = args.run_output or str(Path(args.output).with_suffix(".trec"))
+        write_trec_run(run_path, run)
+        task = Path(args.data).resolve().name
+        extra = {
+            "model": args.model,
+            "data": args.data,
+            "instruction": args.instruction,
+            "max_length": args.max_length,
+            "run": run_path,
+        }
+    result = evaluate.mteb_result(
+        scores,
+        task_name=task,
+        split=args.split,
+        evaluation_time=time.perf_counter() - started,
+        extra=extra,
+    )
+    with atomic_file(args.output) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    shown = [f"{m}@{k}" for m in ("ndcg", "recall") for k in (10, 100) if k in ks]
+    print("  ".join(f"{name} {scores[name.replace('@', '_at_')]:.5f}" for name in shown))
+    print(f"wrote {args.output}" + ("" if args.run else f" and the run {extra['run']}"))
+
+
 def cmd_convert_llama2c(args: argparse.Namespace) -> None:
     from jaxembed import llama2c
 
     out = llama2c.convert(args.checkpoint, args.tokenizer, args.output)
     print(f"wrote Hugging Face Llama directory {out}")
+
+
+def _check_eval_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    by_model = args.model is not None or args.data is not None
+    by_run = args.run is not None or args.qrels is not None
+    if by_model == by_run:
+        parser.error("eval: give either --model and --data, or --run and --qrels")
+    if by_model and not (args.model and args.data):
+        parser.error("eval: --model and --data go together")
+    if by_run and not (args.run and args.qrels):
+        parser.error("eval: --run and --qrels go together")
+    if min(args.k) < 1 or args.depth < 1:
+        parser.error("eval: --k values and --depth must be >= 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--process-id", type=int, default=None)
     tr.set_defaults(func=cmd_train)
 
+    ev = sub.add_parser(
+        "eval",
+        help="retrieval metrics (MTEB conventions) of a model on a BEIR split, or of a run file",
+        description="Either --model DIR --data BEIR_DIR, or --run RUN.trec --qrels QRELS.tsv.",
+    )
+    ev.add_argument("--model", help="local HF directory (llama/mistral/qwen2/bert)")
+    ev.add_argument("--data", help="BEIR directory: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--instruction", default=None, help="query task; adds the Instruct prefix")
+    ev.add_argument("--max-length", type=int, default=512)
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--depth", type=int, default=1000, help="documents retrieved per query")
+    ev.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32)")
+    ev.add_argument("--mesh", type=_parse_mesh, default=(-1, 1, 1), help="DATA,FSDP,TENSOR")
+    ev.add_argument("--run", help="score this TREC run file instead of a model")
+    ev.add_argument("--qrels", help="qrels TSV for --run (query-id, corpus-id, score)")
+    ev.add_argument("--run-output", default=None, help="TREC run to write (default: OUTPUT.trec)")
+    ev.add_argument("--k", type=int, nargs="+", default=[1, 3, 5, 10, 20, 100, 1000])
+    ev.add_argument("--output", required=True, help="metrics JSON, shaped like MTEB's results")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_eval, check=_check_eval_args)
+
     conv = sub.add_parser("convert-llama2c", help="llama2.c checkpoint + tokenizer → HF dir")
     conv.add_argument("--checkpoint", required=True)
     conv.add_argument("--tokenizer", required=True)
@@ -117,11 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --config.KEY=VALUE overrides are collected here; argparse sees the rest.
     overrides = [a[len("--config.") :] for a in argv if a.startswith("--config.")]
-    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    parser = build_parser()
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
     if overrides and args.command != "train":
         print(f"jaxembed {args.command}: error: --config.* is only for train", file=sys.stderr)
         return 2
     args.overrides = overrides
+    if getattr(args, "check", None):
+        args.check(parser, args)
     try:
         args.func(args)
     except UserInputError as e:

@@ -110,4 +110,3 @@ def score_run(qrels: Qrels, run: Run, ks: Iterable[int] = DEFAULT_KS) -> dict[st
     """Metrics of an existing run, plus how many judged queries it left out."""
     missing = missing_queries(qrels, run)
     return {"scores": evaluate_run(qrels, run, ks), "missing_queries": missing}
-
