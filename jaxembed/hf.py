@@ -1,9 +1,11 @@
 """Hugging Face checkpoints ⇄ jaxembed params (import half).
 
 A local HF directory (config.json, safetensors weights, tokenizer files) of model_type
-llama, mistral or qwen2 becomes a `LlamaConfig` and a params pytree. Each parameter is built
-with `jax.make_array_from_callback`, so every device reads only its own shard from the
-memory-mapped files: no device (and no host buffer) ever holds a full extra copy.
+llama, mistral or qwen2 becomes a `LlamaConfig`, of model_type bert a `BertConfig`, and a
+params pytree. Each parameter is built with `jax.make_array_from_callback`, so every device
+reads only its own shard from the memory-mapped files: no device (and no host buffer) ever
+holds a full extra copy. `architecture(config)` is the one place that knows which module,
+param shapes and weight map go with each config type.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from jaxembed.errors import UserInputError
-from jaxembed.models.llama import LlamaConfig, param_shapes
+from jaxembed.models import bert, llama
+from jaxembed.models.bert import BertConfig, BertModel
+from jaxembed.models.llama import LlamaConfig, LlamaModel
 from jaxembed.safetensors_io import SafetensorsCheckpoint
 from jaxembed.sharding import param_shardings
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+LLAMA_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = LLAMA_MODEL_TYPES + ("bert",)
+ModelConfig = LlamaConfig | BertConfig
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
@@ -60,10 +66,10 @@ def llama_config_from_hf(
 ) -> LlamaConfig:
     """Translate a HF config dict; unsupported features are errors, never silently ignored."""
     model_type = hf.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in LLAMA_MODEL_TYPES:
         raise UserInputError(
-            f"{source}: model_type {model_type!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            f"{source}: model_type {model_type!r} is not a Llama-family model "
+            f"(supported: {', '.join(LLAMA_MODEL_TYPES)})"
         )
     if hf.get("hidden_act", "silu") != "silu":
         raise UserInputError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (silu)")
@@ -102,6 +108,69 @@ def llama_config_from_hf(
     return LlamaConfig(**settings)
 
 
+def bert_config_from_hf(
+    hf: dict[str, Any], source: str = "config.json", **overrides: Any
+) -> BertConfig:
+    """Translate a HF BERT config; optional keys default as in transformers' `BertConfig`."""
+    if hf.get("model_type") != "bert":
+        raise UserInputError(f"{source}: model_type {hf.get('model_type')!r} is not 'bert'")
+    act = hf.get("hidden_act", "gelu")
+    if act not in bert.ACTIVATIONS:
+        raise UserInputError(
+            f"{source}: hidden_act {act!r} is not supported ({', '.join(bert.ACTIVATIONS)})"
+        )
+    # transformers v4 also had relative_key(_query) position embeddings; v5 dropped them.
+    position_type = hf.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise UserInputError(
+            f"{source}: position_embedding_type {position_type!r} is not supported (absolute)"
+        )
+    for key in ("is_decoder", "add_cross_attention"):
+        if hf.get(key):
+            raise UserInputError(f"{source}: {key}=true is not supported (encoders only)")
+    try:
+        settings = dict(
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=int(hf["hidden_size"]),
+            intermediate_size=int(hf["intermediate_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=int(hf["num_attention_heads"]),
+        )
+    except KeyError as e:
+        raise UserInputError(f"{source}: missing key {e.args[0]!r}") from e
+    if settings["hidden_size"] % settings["num_heads"]:
+        raise UserInputError(
+            f"{source}: hidden_size {settings['hidden_size']} is not a multiple of "
+            f"num_attention_heads {settings['num_heads']}"
+        )
+    settings.update(
+        max_position_embeddings=int(hf.get("max_position_embeddings", 512)),
+        type_vocab_size=int(hf.get("type_vocab_size", 2)),
+        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        hidden_act=act,
+    )
+    settings.update(overrides)
+    try:
+        return BertConfig(**settings)
+    except ValueError as e:
+        raise UserInputError(f"{source}: {e}") from e
+
+
+def config_from_hf(
+    hf: dict[str, Any], source: str = "config.json", **overrides: Any
+) -> ModelConfig:
+    """The config of whichever supported architecture `model_type` names."""
+    model_type = hf.get("model_type")
+    if model_type == "bert":
+        return bert_config_from_hf(hf, source, **overrides)
+    if model_type in LLAMA_MODEL_TYPES:
+        return llama_config_from_hf(hf, source, **overrides)
+    raise UserInputError(
+        f"{source}: model_type {model_type!r} is not supported "
+        f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+    )
+
+
 # --- weight mapping ---------------------------------------------------------------------
 
 
@@ -124,7 +193,7 @@ def _t(w: np.ndarray) -> np.ndarray:
     return w.T
 
 
-def weight_maps(config: LlamaConfig) -> list[WeightMap]:
+def llama_weight_maps(config: LlamaConfig) -> list[WeightMap]:
     """HF Linear weights are [out, in]; ours are [in, out] with heads split out."""
     h, d = config.hidden_size, config.resolved_head_dim
     nq, nkv, inter = config.num_heads, config.num_kv_heads, config.intermediate_size
@@ -168,14 +237,97 @@ def weight_maps(config: LlamaConfig) -> list[WeightMap]:
     return maps
 
 
-def _resolve_prefix(checkpoint: SafetensorsCheckpoint) -> str:
-    """Checkpoints of a bare `LlamaModel` have no "model." prefix; CausalLM ones do."""
-    if "model.embed_tokens.weight" in checkpoint:
-        return "model."
-    if "embed_tokens.weight" in checkpoint:
-        return ""
+def bert_weight_maps(config: BertConfig) -> list[WeightMap]:
+    """HF Linear weights are [out, in]; ours are [in, out] with heads split out. The pooler
+    and `embeddings.position_ids` in some checkpoints are not part of the backbone."""
+    h, m = config.hidden_size, config.intermediate_size
+    n, d = config.num_heads, config.resolved_head_dim
+    emb, layer = "bert.embeddings.", "bert.encoder.layer.{i}."
+    maps = [
+        WeightMap(("word_embeddings", "embedding"), emb + "word_embeddings.weight", False, _same,
+                  (config.vocab_size, h)),
+        WeightMap(("position_embeddings", "embedding"), emb + "position_embeddings.weight",
+                  False, _same, (config.max_position_embeddings, h)),
+        WeightMap(("token_type_embeddings", "embedding"), emb + "token_type_embeddings.weight",
+                  False, _same, (config.type_vocab_size, h)),
+        WeightMap(("layers", "attention", "output", "kernel"),
+                  layer + "attention.output.dense.weight", True,
+                  lambda w: w.T.reshape(n, d, h), (h, h)),
+        WeightMap(("layers", "attention", "output", "bias"),
+                  layer + "attention.output.dense.bias", True, _same, (h,)),
+        WeightMap(("layers", "intermediate", "kernel"), layer + "intermediate.dense.weight",
+                  True, _t, (m, h)),
+        WeightMap(("layers", "intermediate", "bias"), layer + "intermediate.dense.bias",
+                  True, _same, (m,)),
+        WeightMap(("layers", "output", "kernel"), layer + "output.dense.weight", True, _t, (h, m)),
+        WeightMap(("layers", "output", "bias"), layer + "output.dense.bias", True, _same, (h,)),
+    ]  # fmt: skip
+    for ours, theirs, per_layer in (
+        (("embeddings_norm",), emb + "LayerNorm.", False),
+        (("layers", "attention_norm"), layer + "attention.output.LayerNorm.", True),
+        (("layers", "output_norm"), layer + "output.LayerNorm.", True),
+    ):
+        for param, suffix in (("scale", "weight"), ("bias", "bias")):
+            maps.append(WeightMap(ours + (param,), theirs + suffix, per_layer, _same, (h,)))
+    for name in ("query", "key", "value"):
+        attn = ("layers", "attention", name)
+        maps += [
+            WeightMap(attn + ("kernel",), f"{layer}attention.self.{name}.weight", True,
+                      lambda w: w.T.reshape(h, n, d), (h, h)),
+            WeightMap(attn + ("bias",), f"{layer}attention.self.{name}.bias", True,
+                      lambda w: w.reshape(n, d), (h,)),
+        ]  # fmt: skip
+    return maps
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What goes with one config type: its module, param shapes and HF weight names.
+
+    Weight maps name tensors as the task-head checkpoints do (`base_prefix` first, e.g.
+    "model." of LlamaForCausalLM); a bare-model checkpoint has no prefix, which `probe` (a
+    tensor every checkpoint of the architecture holds, unprefixed) tells apart.
+    """
+
+    module: type[nn.Module]
+    param_shapes: Callable[[Any], Any]
+    weight_maps: Callable[[Any], list[WeightMap]]
+    base_prefix: str
+    probe: str
+
+
+ARCHITECTURES: dict[type, Architecture] = {
+    LlamaConfig: Architecture(
+        LlamaModel, llama.param_shapes, llama_weight_maps, "model.", "embed_tokens.weight"
+    ),
+    BertConfig: Architecture(
+        BertModel,
+        bert.param_shapes,
+        bert_weight_maps,
+        "bert.",
+        "embeddings.word_embeddings.weight",
+    ),
+}
+
+
+def architecture(config: ModelConfig) -> Architecture:
+    try:
+        return ARCHITECTURES[type(config)]
+    except KeyError:
+        raise TypeError(f"no architecture for config type {type(config).__name__}") from None
+
+
+def weight_maps(config: ModelConfig) -> list[WeightMap]:
+    return architecture(config).weight_maps(config)
+
+
+def _resolve_prefix(checkpoint: SafetensorsCheckpoint, arch: Architecture) -> str:
+    """Checkpoints of a bare model have no prefix; task-head ones ("model.", "bert.") do."""
+    for prefix in (arch.base_prefix, ""):
+        if prefix + arch.probe in checkpoint:
+            return prefix
     raise UserInputError(
-        f"{checkpoint.directory}: no embed_tokens.weight or model.embed_tokens.weight tensor"
+        f"{checkpoint.directory}: no {arch.probe} or {arch.base_prefix}{arch.probe} tensor"
     )
 
 
@@ -187,15 +339,16 @@ def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
 
 def load_params(
     directory: str | Path,
-    config: LlamaConfig,
+    config: ModelConfig,
     mesh: Mesh | None = None,
     shardings: Any = None,
 ) -> dict[str, Any]:
     """Read HF safetensors into the params pytree, each array built shard by shard."""
     directory = Path(directory)
     checkpoint = SafetensorsCheckpoint(directory)
-    prefix = _resolve_prefix(checkpoint)
-    abstract = param_shapes(config)
+    arch = architecture(config)
+    prefix = _resolve_prefix(checkpoint, arch)
+    abstract = arch.param_shapes(config)
     if shardings is None:
         if mesh is None:
             device = jax.devices()[0]
@@ -209,8 +362,8 @@ def load_params(
     unboxed = nn.meta.unbox(abstract)
     dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
     params: dict[str, Any] = {}
-    for wmap in weight_maps(config):
-        names = _hf_names(wmap, prefix, config)
+    for wmap in arch.weight_maps(config):
+        names = _hf_names(wmap, arch.base_prefix, prefix, config.num_layers)
         expected = wmap.hf_shape
         for name in names:
             if name not in checkpoint:
@@ -230,12 +383,12 @@ def load_params(
     return params
 
 
-def _hf_names(wmap: WeightMap, prefix: str, config: LlamaConfig) -> list[str]:
+def _hf_names(wmap: WeightMap, base_prefix: str, prefix: str, num_layers: int) -> list[str]:
     name = wmap.hf_name
-    if name.startswith("model."):
-        name = prefix + name[len("model.") :]
+    if name.startswith(base_prefix):
+        name = prefix + name[len(base_prefix) :]
     if wmap.per_layer:
-        return [name.format(i=i) for i in range(config.num_layers)]
+        return [name.format(i=i) for i in range(num_layers)]
     return [name]
 
 

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from jaxembed import hf
 from jaxembed.data.batching import pad, tokenize
 from jaxembed.errors import UserInputError
-from jaxembed.models.llama import LlamaConfig, LlamaModel, param_shapes
+from jaxembed.models.bert import BertConfig
 from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool
 from jaxembed.progress import progress_bar
 from jaxembed.prompts import format_query
@@ -82,11 +82,12 @@ def read_pooling_settings(directory: str | Path) -> PoolingSettings:
 
 
 def make_embed_fn(
-    config: LlamaConfig, pooling: str, normalize: bool = True
+    config: hf.ModelConfig, pooling: str, normalize: bool = True
 ) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
     """`(params, {"input_ids", "attention_mask"[, "pool_mask"]}) -> [rows, hidden]` f32: the
-    bidirectional backbone, pooled (and L2-normalized); shared by inference and training."""
-    model = LlamaModel(config)
+    bidirectional backbone (Llama family or BERT, by config type), pooled (and
+    L2-normalized); shared by inference and training."""
+    model = hf.architecture(config).module(config)
 
     def embed(params: Any, inputs: dict[str, jax.Array]) -> jax.Array:
         mask = inputs["attention_mask"]
@@ -98,11 +99,11 @@ def make_embed_fn(
 
 
 class Encoder:
-    """Embeds texts with a Llama-family backbone in bidirectional mode."""
+    """Embeds texts with a Llama-family or BERT backbone in bidirectional mode."""
 
     def __init__(
         self,
-        config: LlamaConfig,
+        config: hf.ModelConfig,
         params: Any,
         tokenizer: Any,
         pooling: PoolingSettings = PoolingSettings(),
@@ -114,7 +115,8 @@ class Encoder:
         self.mesh = mesh
         self._param_shardings = None
         if mesh is not None:
-            self._param_shardings = param_shardings(param_shapes(config), mesh)
+            shapes = hf.architecture(config).param_shapes(config)
+            self._param_shardings = param_shardings(shapes, mesh)
             params = jax.device_put(params, self._param_shardings)
         self.params = params
         self._embed = self._compile_embed()
@@ -128,10 +130,11 @@ class Encoder:
         dtype: str | None = None,
         pooling: PoolingSettings | None = None,
     ) -> Encoder:
-        """Load a local HF directory (llama/mistral/qwen2), placing weights shard by shard."""
+        """Load a local HF directory (llama/mistral/qwen2/bert), placing weights shard by
+        shard."""
         directory = Path(directory)
         overrides = {"dtype": dtype, "param_dtype": dtype} if dtype else {}
-        config = hf.llama_config_from_hf(
+        config = hf.config_from_hf(
             hf.read_hf_config(directory), str(directory / "config.json"), **overrides
         )
         tokenizer = hf.load_tokenizer(directory)
@@ -181,6 +184,12 @@ class Encoder:
         if max_length < 1 or batch_size < 1:
             raise UserInputError(
                 f"batch_size={batch_size} and max_length={max_length} must be >= 1"
+            )
+        if isinstance(self.config, BertConfig) and max_length > self.config.max_position_embeddings:
+            # BERT has a learned position table; past it there is no position to embed.
+            raise UserInputError(
+                f"max_length={max_length} exceeds the model's max_position_embeddings "
+                f"({self.config.max_position_embeddings})"
             )
         if self.mesh is not None:
             # Every device must get whole rows: round the batch up to the data-parallel size.

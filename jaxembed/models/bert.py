@@ -1,0 +1,244 @@
+"""BERT (HF `BertModel`) as a Flax Linen backbone behind the same call as `LlamaModel`.
+
+Word + absolute position + token-type embeddings and LayerNorm, then post-LN layers
+(attention with biases, residual, LayerNorm; GELU MLP, residual, LayerNorm). Inputs carry a
+single segment, so token type 0 is added everywhere, and positions are 0..L-1 as HF counts
+them: sequences must be right-padded (the encoder's batches are). The pooler head is not
+part of the backbone. Layers are stacked with `nn.scan` and every parameter carries logical
+axis names, as in `llama.py`, so `jaxembed.sharding` places both families alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxembed.models.llama import REMAT_POLICIES, attention_mask
+from jaxembed.models.matmul import dense_dot_general
+
+
+def _gelu_exact(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=True)
+
+
+# HF ACT2FN names -> functions: "gelu" is the erf form, the tanh forms are HF's NewGELU.
+ACTIVATIONS = {
+    "gelu": _gelu_exact,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "relu": jax.nn.relu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture of a BERT encoder (HF names in the comments)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int  # num_hidden_layers
+    num_heads: int  # num_attention_heads
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}"
+            )
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def num_params(self) -> int:
+        """Parameter count of the backbone (the pooler head excluded)."""
+        h, m = self.hidden_size, self.intermediate_size
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h
+        per_layer = 4 * (h * h + h) + 2 * h * m + m + h + 4 * h
+        return embeddings + 2 * h + self.num_layers * per_layer
+
+
+def _init(axes: tuple[str | None, ...], base: Any = None) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(base or nn.initializers.normal(0.02), axes)
+
+
+class LayerNorm(nn.Module):
+    """Two-pass mean/variance in f32 (like torch), weight and bias applied after casting back."""
+
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.shape[-1]
+        scale = self.param("scale", _init(("norm",), nn.initializers.ones), (h,), self.param_dtype)
+        bias = self.param("bias", _init(("norm",), nn.initializers.zeros), (h,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        centered = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(centered * centered, axis=-1, keepdims=True)
+        normed = (centered * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+        return normed * jnp.asarray(scale, self.dtype) + jnp.asarray(bias, self.dtype)
+
+
+class SelfAttention(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        cfg = self.config
+        n, d = cfg.num_heads, cfg.resolved_head_dim
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+        def project(name: str) -> jax.Array:
+            return nn.DenseGeneral(
+                (n, d),
+                dtype=dtype,
+                param_dtype=pdtype,
+                kernel_init=_init(("embed", "heads", "head_dim")),
+                bias_init=_init(("heads", "head_dim"), nn.initializers.zeros),
+                name=name,
+            )(x)
+
+        q, k, v = project("query"), project("key"), project("value")
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask, scale=1.0 / math.sqrt(d), implementation=cfg.attention_impl
+        )
+        return nn.DenseGeneral(
+            cfg.hidden_size,
+            axis=(-2, -1),
+            dtype=dtype,
+            param_dtype=pdtype,
+            kernel_init=_init(("heads", "head_dim", "embed")),
+            bias_init=_init(("embed",), nn.initializers.zeros),
+            name="output",
+        )(out)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN block; the (carry, None) signature is what nn.scan wants."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, None]:
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+        def dense(name: str, features: int, axes: tuple[str, str]) -> nn.Dense:
+            return nn.Dense(
+                features,
+                dtype=dtype,
+                param_dtype=pdtype,
+                kernel_init=_init(axes),
+                bias_init=_init(axes[1:], nn.initializers.zeros),
+                dot_general=dense_dot_general,
+                name=name,
+            )
+
+        def norm(name: str) -> LayerNorm:
+            return LayerNorm(cfg.layer_norm_eps, dtype, pdtype, name=name)
+
+        x = norm("attention_norm")(x + SelfAttention(cfg, name="attention")(x, mask))
+        h = ACTIVATIONS[cfg.hidden_act](
+            dense("intermediate", cfg.intermediate_size, ("embed", "mlp"))(x)
+        )
+        x = norm("output_norm")(x + dense("output", cfg.hidden_size, ("mlp", "embed"))(h))
+        return x, None
+
+
+class BertModel(nn.Module):
+    """Token ids → last hidden states [B, T, hidden] (HF `last_hidden_state`)."""
+
+    config: BertConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+        def embed(rows: int, axes: tuple[str | None, str]) -> nn.Embed:
+            return nn.Embed(
+                rows, cfg.hidden_size, dtype=dtype, param_dtype=pdtype, embedding_init=_init(axes)
+            )
+
+        self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"))
+        self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"))
+        self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"))
+        self.embeddings_norm = LayerNorm(cfg.layer_norm_eps, dtype, pdtype)
+        layer = EncoderLayer
+        if cfg.remat_policy != "none":
+            layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+        self.layers = nn.scan(
+            layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast,),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        padding_mask: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        *,
+        causal: bool = False,
+    ) -> jax.Array:
+        cfg = self.config
+        length = input_ids.shape[1]
+        if length > cfg.max_position_embeddings:
+            # A gather past the table would silently clamp to its last row.
+            raise ValueError(
+                f"sequence length {length} exceeds max_position_embeddings "
+                f"{cfg.max_position_embeddings}"
+            )
+        if padding_mask is None:
+            padding_mask = jnp.ones(input_ids.shape, jnp.int32)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(length), input_ids.shape)
+        token_types = jnp.zeros((1, 1), jnp.int32)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_types)
+            + self.position_embeddings(position_ids)
+        )
+        x = self.embeddings_norm(x)
+        mask = attention_mask(padding_mask, causal=causal, sliding_window=None)
+        x, _ = self.layers(x, mask)
+        return x
+
+
+def param_shapes(config: BertConfig) -> Any:
+    """The params pytree as ShapeDtypeStructs (with logical-axis boxes), without allocating."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(lambda: BertModel(config).init(jax.random.PRNGKey(0), ids))["params"]
+
+
+def init_params(config: BertConfig, rng: jax.Array) -> Any:
+    """Randomly initialized params (logical-axis boxes removed)."""
+    variables = BertModel(config).init(rng, jnp.zeros((1, 1), jnp.int32))
+    return nn.meta.unbox(variables["params"])
