@@ -1,0 +1,167 @@
+"""faiss inner-product search over a corpus that need not fit in memory.
+
+`flat` (the default) is exact: the corpus streams through in chunks, each searched with an
+`IndexFlatIP` (or `faiss.knn_gpu` when faiss sees a GPU), and a faiss `ResultHeap` keeps each
+query's best k across chunks, so memory is one chunk plus the [queries, k] heap however large
+the corpus. `ivf` (IVF{nlist},Flat) and `hnsw` (HNSW{m},Flat) build one approximate index over
+the whole corpus (its vectors held by the index) for corpora where exact search is too slow;
+their scores are still exact inner products, only the candidate set is approximate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from jaxembed.errors import UserInputError
+from jaxembed.mining.sources import EmbeddingSource
+from jaxembed.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+IndexKind = Literal["flat", "ivf", "hnsw"]
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+GPU_MAX_K = 2048  # faiss GPU kernels return at most this many neighbours per query
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+    kind: IndexKind = "flat"
+    corpus_chunk: int = 65536  # rows per streamed chunk (flat) or per add (ivf/hnsw)
+    nlist: int | None = None  # IVF lists; default 4 * sqrt(corpus size)
+    nprobe: int = 32
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 256  # raised to k when k is larger
+    gpu: bool | None = None  # None: use faiss GPU when faiss.get_num_gpus() > 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in INDEX_KINDS:
+            raise UserInputError(f"index {self.kind!r} is not one of {INDEX_KINDS}")
+        for name in ("corpus_chunk", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.nlist is not None and self.nlist < 1:
+            raise UserInputError(f"nlist must be >= 1, got {self.nlist}")
+
+
+def _use_gpu(config: IndexConfig) -> bool:
+    available = faiss.get_num_gpus() > 0 and hasattr(faiss, "StandardGpuResources")
+    if config.gpu and not available:
+        raise UserInputError("faiss GPU was requested but faiss sees no GPU (faiss-gpu build?)")
+    return available if config.gpu is None else bool(config.gpu)
+
+
+class CorpusSearch:
+    """Top-k inner-product search over the rows of `corpus` where `keep` is True (all rows
+    when None); ids returned are corpus rows, -1 (score -inf) where fewer than k exist."""
+
+    def __init__(
+        self,
+        corpus: EmbeddingSource,
+        keep: np.ndarray | None = None,
+        config: IndexConfig = IndexConfig(),
+        show_progress: bool = False,
+    ) -> None:
+        if corpus.n == 0:
+            raise UserInputError(f"{corpus.name}: the corpus is empty")
+        self.corpus, self.config, self.show_progress = corpus, config, show_progress
+        self.keep = None if keep is None else np.asarray(keep, bool)
+        self.gpu = _use_gpu(config)
+        self._gpu_res = faiss.StandardGpuResources() if self.gpu else None
+        self.index = None
+        self.ids = None
+        if config.kind != "flat":
+            self._build()
+
+    def _kept(self, start: int, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.arange(start, start + len(block), dtype=np.int64)
+        if self.keep is None:
+            return block, rows
+        mask = self.keep[start : start + len(block)]
+        return np.ascontiguousarray(block[mask]), rows[mask]
+
+    def _chunks(self, desc: str):
+        size = self.config.corpus_chunk
+        chunks = self.corpus.chunks(size)
+        total = math.ceil(self.corpus.n / size)
+        disable = not self.show_progress or total < 2
+        for start, block in progress_bar(
+            chunks, total=total, desc=desc, leave=False, disable=disable
+        ):
+            yield self._kept(start, block)
+
+    def _build(self) -> None:
+        c = self.config
+        n = int(self.corpus.n if self.keep is None else self.keep.sum())
+        d = self.corpus.dim
+        if c.kind == "ivf":
+            nlist = c.nlist or max(1, int(4 * math.sqrt(n)))
+            nlist = min(nlist, n)
+            index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+            # faiss wants 39..256 training points per list; a random sample bounds memory.
+            rows = np.arange(self.corpus.n) if self.keep is None else np.flatnonzero(self.keep)
+            rng = np.random.default_rng(c.seed)
+            sample = np.sort(rng.choice(rows, size=min(len(rows), 256 * nlist), replace=False))
+            index.train(self.corpus.rows(sample))
+            faiss.extract_index_ivf(index).nprobe = min(c.nprobe, nlist)
+        else:
+            index = faiss.IndexHNSWFlat(d, c.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = c.ef_construction
+        ids = []
+        for vectors, rows in self._chunks(f"index ({c.kind})"):
+            if len(rows):
+                index.add(vectors)
+                ids.append(rows)
+        self.ids = np.concatenate(ids)
+        if self.gpu and c.kind == "ivf":
+            index = faiss.index_cpu_to_all_gpus(index)
+        self.index = index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [B, k] float32, corpus rows [B, k] int64), best first."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.shape[1] != self.corpus.dim:
+            raise UserInputError(
+                f"query embeddings have dimension {queries.shape[1]} but {self.corpus.name} "
+                f"has {self.corpus.dim}"
+            )
+        if self.index is not None:
+            return self._search_index(queries, k)
+        heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+        gpu = self.gpu and k <= GPU_MAX_K
+        if self.gpu and not gpu:
+            log.warning("k=%d is above faiss GPU's limit of %d: searching on CPU", k, GPU_MAX_K)
+        for vectors, rows in self._chunks("search"):
+            if not len(rows):
+                continue
+            kk = min(k, len(rows))
+            if gpu:
+                scores, local = faiss.knn_gpu(
+                    self._gpu_res, queries, vectors, kk, metric=faiss.METRIC_INNER_PRODUCT
+                )
+            else:
+                index = faiss.IndexFlatIP(vectors.shape[1])
+                index.add(vectors)
+                scores, local = index.search(queries, kk)
+            heap.add_result(scores, rows[local])
+        heap.finalize()
+        return _pad_missing(heap.D, heap.I)
+
+    def _search_index(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.kind == "hnsw":
+            self.index.hnsw.efSearch = max(self.config.ef_search, k)
+        scores, local = self.index.search(queries, k)
+        ids = np.where(local >= 0, self.ids[np.maximum(local, 0)], -1)
+        return _pad_missing(scores, ids)
+
+
+def _pad_missing(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    return scores, ids.astype(np.int64)
