@@ -135,6 +135,44 @@ def cmd_convert_llama2c(args: argparse.Namespace) -> None:
     print(f"wrote Hugging Face Llama directory {out}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from jaxembed.hf_export import export
+
+    out = export(
+        args.workdir,
+        args.output,
+        step=args.step,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        config_spec=args.config,
+        overrides=args.overrides,
+        max_shard_size=args.max_shard_size,
+    )
+    print(f"wrote Hugging Face directory {out}")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from jaxembed.merge import merge, parse_weights
+
+    out = merge(
+        args.inputs,
+        args.output,
+        method=args.method,
+        weights=parse_weights(args.weights),
+        t=args.t,
+        density=args.density,
+        lam=args.lam,
+        base=args.base,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        orbax_output=args.orbax_output,
+        config_spec=args.config,
+        overrides=args.overrides,
+        max_shard_size=args.max_shard_size,
+    )
+    print(f"wrote merged Hugging Face directory {out}")
+
+
 def _check_eval_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     by_model = args.model is not None or args.data is not None
     by_run = args.run is not None or args.qrels is not None
@@ -209,6 +247,39 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--tokenizer", required=True)
     conv.add_argument("--output", required=True)
     conv.set_defaults(func=cmd_convert_llama2c)
+
+    run_config = "the training run's config (default: WORKDIR/config.json); with --config.KEY=V"
+    ex = sub.add_parser("export", help="Orbax training checkpoint → Hugging Face directory")
+    ex.add_argument("--workdir", required=True, help="training workdir (checkpoints/)")
+    ex.add_argument("--step", default="latest", help="checkpoint step, or 'latest'")
+    ex.add_argument("--output", required=True, help="HF directory to write")
+    ex.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    ex.add_argument("--config", default=None, help=run_config)
+    ex.add_argument("--max-shard-size", default="5GB", help="split weights above this size")
+    ex.set_defaults(func=cmd_export)
+
+    mg = sub.add_parser("merge", help="merge checkpoints (HF dirs or Orbax workdirs/steps)")
+    mg.add_argument(
+        "--inputs", nargs="+", required=True, help="HF dir, WORKDIR or WORKDIR/checkpoints/N"
+    )
+    mg.add_argument("--method", default="uniform", choices=("uniform", "weighted", "slerp", "ties"))
+    mg.add_argument("--weights", nargs="+", default=None, help="one per input (weighted, ties)")
+    mg.add_argument("--t", type=float, default=0.5, help="slerp: 0 = first input, 1 = second")
+    mg.add_argument("--base", default=None, help="ties: the model task vectors are taken from")
+    mg.add_argument(
+        "--density", type=float, default=1.0, help="ties: fraction of each task vector kept"
+    )
+    mg.add_argument("--lambda", dest="lam", type=float, default=1.0, help="ties: delta scale")
+    mg.add_argument("--output", required=True, help="HF directory to write")
+    mg.add_argument("--orbax-output", default=None, help="also write an Orbax checkpoint here")
+    mg.add_argument(
+        "--dtype", default=None, choices=("float32", "bfloat16"), help="default: inputs'"
+    )
+    mg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    mg.add_argument("--config", default=None, help=run_config + " (Orbax inputs)")
+    mg.add_argument("--max-shard-size", default="5GB", help="split weights above this size")
+    mg.set_defaults(func=cmd_merge)
     return parser
 
 
@@ -218,8 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = [a[len("--config.") :] for a in argv if a.startswith("--config.")]
     parser = build_parser()
     args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
-    if overrides and args.command != "train":
-        print(f"jaxembed {args.command}: error: --config.* is only for train", file=sys.stderr)
+    if overrides and args.command not in ("train", "export", "merge"):
+        print(
+            f"jaxembed {args.command}: error: --config.* is only for train, export and merge",
+            file=sys.stderr,
+        )
         return 2
     args.overrides = overrides
     if getattr(args, "check", None):
