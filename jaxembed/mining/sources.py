@@ -30,8 +30,11 @@ class EmbeddingSource:
     def _gather(self, rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    # True when _read/_gather return fresh arrays, which are then normalized in place.
+    _fresh = False
+
     def block(self, start: int, stop: int) -> np.ndarray:
-        return _normalized(self._read(start, stop), self.name, start)
+        return _normalized(self._read(start, stop), self.name, start, fresh=self._fresh)
 
     def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
         for start in range(0, self.n, size):
@@ -41,21 +44,31 @@ class EmbeddingSource:
         rows = np.asarray(rows, np.int64)
         if rows.size == 0:
             return np.zeros((0, self.dim), np.float32)
-        return _normalized(self._gather(rows), self.name, None, rows)
+        return _normalized(self._gather(rows), self.name, None, rows, fresh=self._fresh)
 
 
 def _normalized(
-    x: np.ndarray, name: str, start: int | None, rows: np.ndarray | None = None
+    x: np.ndarray,
+    name: str,
+    start: int | None,
+    rows: np.ndarray | None = None,
+    fresh: bool = False,
 ) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    bad = ~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0)
+    # A chunk of a large corpus is the biggest buffer here: don't copy it once more.
+    if fresh and x.dtype == np.float32 and x.flags.c_contiguous:
+        out = x
+    else:
+        out = np.array(x, np.float32, order="C")
+    # einsum, unlike np.linalg.norm, makes no chunk-sized temporary of squares.
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         row = start + i if rows is None else int(rows[i])
-        what = "a zero vector" if norms[i, 0] == 0 else "not finite"
+        what = "a zero vector" if norms[i] == 0 else "not finite"
         raise UserInputError(f"{name}: row {row} is {what}; cannot L2-normalize it")
-    return np.ascontiguousarray(x / norms, dtype=np.float32)
+    out /= norms[:, None]
+    return out
 
 
 _HEADER_READERS = {
@@ -81,6 +94,8 @@ class ArraySource(EmbeddingSource):
 
 class NpySource(EmbeddingSource):
     """A `.npy` file of float16/32/64 rows, read by offset (no memory map)."""
+
+    _fresh = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
