@@ -8,12 +8,16 @@ dropped (MTEB's `ignore_identical_ids`: some BEIR corpora contain the queries th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from jaxembed.data.formats import BeirData, load_beir
 from jaxembed.errors import UserInputError
+from jaxembed.io_utils import atomic_file
 from jaxembed.metrics import DEFAULT_KS, Qrels, Run, evaluate_run, missing_queries
 from jaxembed.models.encoder import Encoder
 from jaxembed.search import top_k
@@ -32,20 +36,30 @@ def load_eval_split(root: str | Path, split: str) -> BeirData:
     return data
 
 
-def retrieve(
+@dataclasses.dataclass
+class SplitEmbeddings:
+    """Embeddings of a BEIR split: row i of `queries` is query `query_ids[i]`, row j of
+    `corpus` is document `doc_ids[j]` (both in file order)."""
+
+    query_ids: list[str]
+    queries: np.ndarray
+    doc_ids: list[str]
+    corpus: np.ndarray
+
+
+def encode_split(
     encoder: Encoder,
     data: BeirData,
     instruction: str | None,
     *,
-    depth: int = DEFAULT_DEPTH,
+    all_queries: bool = False,
     batch_size: int = 64,
     max_length: int = 512,
-    ignore_identical_ids: bool = True,
     show_progress: bool = False,
-) -> Run:
-    """The top-`depth` documents of every judged query, {query_id: {doc_id: score}}."""
+) -> SplitEmbeddings:
+    """Documents as `title + " " + text`; the judged queries (or all) with the instruction."""
     doc_ids = list(data.corpus)
-    query_ids = [q for q in data.queries if q in data.qrels]
+    query_ids = [q for q in data.queries if all_queries or q in data.qrels]
     docs = encoder.encode(
         [data.corpus[d].full_text() for d in doc_ids],
         batch_size=batch_size,
@@ -59,15 +73,58 @@ def retrieve(
         max_length=max_length,
         show_progress=show_progress,
     )
+    return SplitEmbeddings(query_ids, queries, doc_ids, docs)
+
+
+def search_run(
+    embeddings: SplitEmbeddings,
+    query_ids: Sequence[str],
+    *,
+    depth: int = DEFAULT_DEPTH,
+    ignore_identical_ids: bool = True,
+) -> Run:
+    """The top-`depth` documents of each of `query_ids`, {query_id: {doc_id: score}}."""
+    row = {q: i for i, q in enumerate(embeddings.query_ids)}
+    queries = embeddings.queries[[row[q] for q in query_ids]]
     # One extra hit, in case the query's own id is among the top `depth`.
-    scores, rows = top_k(queries, docs, depth + int(ignore_identical_ids))
+    scores, rows = top_k(queries, embeddings.corpus, depth + int(ignore_identical_ids))
     run: dict[str, dict[str, float]] = {}
     for qid, q_scores, q_rows in zip(query_ids, scores, rows, strict=True):
-        hits = [(doc_ids[j], float(s)) for s, j in zip(q_scores, q_rows, strict=True)]
+        hits = [(embeddings.doc_ids[j], float(s)) for s, j in zip(q_scores, q_rows, strict=True)]
         if ignore_identical_ids:
             hits = [(d, s) for d, s in hits if d != qid]
         run[qid] = dict(hits[:depth])
     return run
+
+
+def retrieve(
+    encoder: Encoder,
+    data: BeirData,
+    instruction: str | None,
+    *,
+    depth: int = DEFAULT_DEPTH,
+    ignore_identical_ids: bool = True,
+    **encode_kwargs: Any,
+) -> Run:
+    """The top-`depth` documents of every judged query, {query_id: {doc_id: score}}."""
+    embeddings = encode_split(encoder, data, instruction, **encode_kwargs)
+    judged = [q for q in data.queries if q in data.qrels]
+    return search_run(embeddings, judged, depth=depth, ignore_identical_ids=ignore_identical_ids)
+
+
+def save_embeddings(directory: str | Path, embeddings: SplitEmbeddings) -> None:
+    """queries.npy / corpus.npy (float32) with their ids, one a line, in row order: the
+    precomputed-embedding input of `jaxembed mine`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, ids, matrix in (
+        ("queries", embeddings.query_ids, embeddings.queries),
+        ("corpus", embeddings.doc_ids, embeddings.corpus),
+    ):
+        with atomic_file(directory / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, matrix.astype(np.float32))
+        with atomic_file(directory / f"{name}_ids.txt") as tmp:
+            tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
 
 
 def evaluate_retrieval(

@@ -35,8 +35,9 @@ def beir_dir(tmp_path_factory):
 def evaluated(model_dir, beir_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "metrics.json"
     argv = ["eval", "--model", str(model_dir), "--data", str(beir_dir), "--output", str(out)]
-    assert main([*argv, "--depth", str(DEPTH), "--quiet"]) == 0
-    return json.loads(out.read_text()), read_trec_run(out.with_suffix(".trec"))
+    emb = out.parent / "emb"
+    assert main([*argv, "--depth", str(DEPTH), "--save-embeddings", str(emb), "--quiet"]) == 0
+    return json.loads(out.read_text()), read_trec_run(out.with_suffix(".trec")), emb
 
 
 def read_qrels(path):
@@ -48,7 +49,7 @@ def read_qrels(path):
 
 
 def test_run_is_the_exact_top_k_without_the_query_itself(evaluated, model_dir, beir_dir):
-    _, run = evaluated
+    _, run, _ = evaluated
     docs = [json.loads(line) for line in (beir_dir / "corpus.jsonl").read_text().splitlines()]
     queries = [json.loads(line) for line in (beir_dir / "queries.jsonl").read_text().splitlines()]
     encoder = Encoder.from_pretrained(model_dir)
@@ -66,8 +67,22 @@ def test_run_is_the_exact_top_k_without_the_query_itself(evaluated, model_dir, b
     assert "q3" not in run["q3"]
 
 
+def test_saved_embeddings_are_all_queries_and_documents_in_file_order(
+    evaluated, model_dir, beir_dir
+):
+    emb = evaluated[2]
+    queries = [json.loads(line) for line in (beir_dir / "queries.jsonl").read_text().splitlines()]
+    docs = [json.loads(line) for line in (beir_dir / "corpus.jsonl").read_text().splitlines()]
+    assert (emb / "queries_ids.txt").read_text().split() == [q["_id"] for q in queries]
+    assert (emb / "corpus_ids.txt").read_text().split() == [d["_id"] for d in docs]
+    encoder = Encoder.from_pretrained(model_dir)
+    expected = encoder.encode([q["text"] for q in queries], show_progress=False)
+    np.testing.assert_allclose(np.load(emb / "queries.npy"), expected, atol=1e-6)
+    assert np.load(emb / "corpus.npy").shape == (len(docs), encoder.config.hidden_size)
+
+
 def test_metrics_json_equals_pytrec_eval_on_the_written_run(evaluated, beir_dir):
-    result, run = evaluated
+    result, run, _ = evaluated
     qrels = read_qrels(beir_dir / "qrels" / "test.tsv")
     with_positives = {q: r for q, r in qrels.items() if any(v > 0 for v in r.values())}
     per_query = pytrec_eval.RelevanceEvaluator(
@@ -89,7 +104,7 @@ def test_metrics_json_equals_pytrec_eval_on_the_written_run(evaluated, beir_dir)
 
 
 def test_scoring_the_run_file_gives_the_same_metrics(evaluated, beir_dir, tmp_path):
-    result, _ = evaluated
+    result, _, _ = evaluated
     run_path = tmp_path / "run.trec"
     # The run as `jaxembed eval` wrote it, scored without any model.
     run = evaluated[1]
