@@ -145,6 +145,13 @@ def _root(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def our_shape(wmap: hf.WeightMap, num_layers: int) -> tuple[int, ...]:
+    """Our param's shape for `wmap` (stacked over layers when per layer), read off the map
+    applied to an unwritten array: no pages touched, no JAX needed."""
+    shape = wmap.to_ours(np.empty(wmap.hf_shape, np.uint8)).shape
+    return ((num_layers,) if wmap.per_layer else ()) + tuple(shape)
+
+
 def to_hf_layout(wmap: hf.WeightMap, ours: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Invert `wmap.to_ours` without a second table of layouts: every map is a transpose or
     reshape, i.e. a view, so `to_ours(hf_array)` is a window onto `hf_array` that we fill."""
@@ -274,7 +281,8 @@ class TensorSource(Protocol):
         """The stored dtype of the weights."""
 
     def read(self, tensor: HFTensor) -> np.ndarray:
-        """The tensor in HF layout (a copy: no file stays mapped)."""
+        """The tensor in HF layout; may be a read-only view of a mapping that lives as long as
+        the returned array (drop it to release the file)."""
 
     def write_metadata(self, directory: Path, dtype: str, card_note: str = "") -> None:
         """config.json, modeling code, tokenizer, sentence-transformers files, model card."""
@@ -463,13 +471,9 @@ class OrbaxSource:
         return node
 
     def check(self) -> None:
-        import flax.linen as nn
-
-        config = canonical(self.config)
-        expected = nn.meta.unbox(hf.architecture(config).param_shapes(config))
         for wmap in hf.weight_maps(canonical(self.config)):
             leaf = self._leaf_metadata(wmap.path)
-            want = tuple(_lookup(expected, wmap.path).shape)
+            want = our_shape(wmap, self.config.num_layers)
             name = ".".join(wmap.path)
             if leaf is None:
                 raise UserInputError(f"{self._path}: param {name} is missing from the checkpoint")
@@ -480,8 +484,8 @@ class OrbaxSource:
                 )
 
     def dtype(self) -> np.dtype:
-        leaf = self._leaf_metadata(("embed_tokens", "embedding"))
-        return np.dtype(leaf.dtype)
+        first = hf.weight_maps(canonical(self.config))[0]
+        return np.dtype(self._leaf_metadata(first.path).dtype)
 
     def _leaf(self, path: tuple[str, ...]) -> np.ndarray:
         import orbax.checkpoint as ocp

@@ -61,16 +61,21 @@ SLERP_DOT_THRESHOLD = 0.9995  # mergekit's: above it the tensors are colinear, l
 Reader = Callable[[int], np.ndarray]
 
 
+_BLOCK = 1 << 20  # elements per step of the running sum: its temporaries stay small
+
+
 def weighted_mean(read: Reader, weights: Sequence[float]) -> np.ndarray:
+    """`sum(w_i x_i) / sum(w_i)` as a float64 running sum, one input at a time, in blocks:
+    memory is the sum plus the input being read, whatever the number of inputs."""
     total: np.ndarray | None = None
     for i, weight in enumerate(weights):
-        term = read(i).astype(np.float64)
-        term *= float(weight)
+        tensor = read(i)
         if total is None:
-            total = term
-        else:
-            total += term
-        del term
+            total = np.zeros(tensor.shape, np.float64)
+        flat, out = tensor.reshape(-1), total.reshape(-1)
+        for start in range(0, flat.size, _BLOCK):
+            out[start : start + _BLOCK] += flat[start : start + _BLOCK].astype(np.float64) * weight
+        del tensor, flat
     total /= float(sum(weights))
     return total
 
@@ -194,7 +199,7 @@ def check_settings(
 
 class HFSource:
     """A Hugging Face directory read one tensor at a time. Each read maps the file afresh and
-    copies the tensor out, so no mapping (and none of its resident pages) outlives a read."""
+    returns a view of it, so no mapping (nor its resident pages) outlives the tensor's use."""
 
     def __init__(self, directory: Path, label: str | None = None) -> None:
         self.directory = Path(directory)
@@ -232,7 +237,8 @@ class HFSource:
         return self._dtype
 
     def read(self, tensor: HFTensor) -> np.ndarray:
-        return np.array(SafetensorsCheckpoint(self.directory).get(self._name(tensor)))
+        # A read-only view of a fresh mapping, unmapped when the caller drops the view.
+        return SafetensorsCheckpoint(self.directory).get(self._name(tensor))
 
     def write_metadata(self, directory: Path, dtype: str, card_note: str = "") -> None:
         """Everything but the weights, as the input has it (config dtype updated)."""
