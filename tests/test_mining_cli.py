@@ -1,5 +1,6 @@
-"""`jaxembed mine` end to end: BEIR and training-JSONL inputs, the report, a teacher model
-(checked against transformers), and bad input (one error line naming the item, exit 2)."""
+"""`jaxembed mine` end to end: BEIR and training-JSONL inputs against a numpy miner, the
+report, teacher models (checked against transformers), and bad input (one error line naming
+the item, exit 2)."""
 
 from __future__ import annotations
 

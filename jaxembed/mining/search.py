@@ -81,7 +81,8 @@ class CorpusSearch:
         if corpus.n == 0:
             raise UserInputError(f"{corpus.name}: the corpus is empty")
         self.corpus, self.config, self.show_progress = corpus, config, show_progress
-        self.keep = None if keep is None else np.asarray(keep, bool)
+        # No mask when every row is kept: masking copies each chunk.
+        self.keep = None if keep is None or np.all(keep) else np.asarray(keep, bool)
         self.gpu = _use_gpu(config)
         self._gpu_res = faiss.StandardGpuResources() if self.gpu else None
         self.index = None

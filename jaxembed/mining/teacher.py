@@ -1,4 +1,5 @@
-"""Teacher embeddings: precomputed `.npy` files, or a local HF model directory encoded here.
+"""Teacher embeddings: precomputed `.npy` files, or a model encoded here: a local HF directory
+or a jaxembed training workdir (its latest checkpoint, exported to a scratch HF directory).
 
 A teacher model writes its embeddings chunk by chunk to `.npy` files in a scratch directory,
 so a corpus of millions costs one chunk of host memory; mining then streams them back.
@@ -54,6 +55,18 @@ def _encode_to_npy(
     return NpySource(path)
 
 
+def _as_hf_directory(path: Path, scratch: Path) -> Path:
+    """A training workdir (it has checkpoints/) is exported, latest step, with the run config
+    it saved (WORKDIR/config.json); anything else is taken as a Hugging Face directory."""
+    if (path / "checkpoints").is_dir():
+        from jaxembed.hf_export import export
+
+        return export(path, scratch)
+    if not path.is_dir():
+        raise UserInputError(f"{path}: teacher directory does not exist")
+    return path
+
+
 def teacher_sources(
     task: MiningTask,
     model_dirs: Sequence[str | Path],
@@ -65,7 +78,8 @@ def teacher_sources(
     mesh=None,
     show_progress: bool = False,
 ) -> tuple[EmbeddingSource, EmbeddingSource]:
-    """Encode the mined queries (row i = query i of the task) and the corpus with each model."""
+    """Encode the mined queries (row i = query i of the task) and the corpus with each model
+    (HF directories or training workdirs)."""
     from jaxembed.models.encoder import Encoder
 
     workdir = Path(workdir)
@@ -73,6 +87,7 @@ def teacher_sources(
     texts = [p.full_text() for p in task.corpus]
     queries, corpus = [], []
     for t, model_dir in enumerate(model_dirs):
+        model_dir = _as_hf_directory(Path(model_dir), workdir / f"teacher_{t}")
         encoder = Encoder.from_pretrained(model_dir, mesh=mesh, dtype=dtype)
 
         def encode_queries(start: int, stop: int, encoder=encoder) -> np.ndarray:
