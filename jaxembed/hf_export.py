@@ -711,7 +711,7 @@ def write_model_card(directory: Path, meta: RunMetadata, dtype: str, note: str =
         "tags: [sentence-transformers, feature-extraction, jaxembed]",
         "---",
         "",
-        f"# {directory.name.lstrip('.').split('.')[0] or 'jaxembed encoder'}",
+        f"# Bidirectional {meta.model_type} text encoder (jaxembed)",
         "",
         f"A bidirectional {meta.model_type} text encoder trained with jaxembed"
         + (f" ({meta.origin})" if meta.origin else "")

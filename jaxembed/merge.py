@@ -46,7 +46,7 @@ from jaxembed.hf_export import (
     resolve_step,
     write_hf_directory,
 )
-from jaxembed.safetensors_io import INDEX_NAME, SINGLE_NAME, SafetensorsCheckpoint
+from jaxembed.safetensors_io import INDEX_NAME, SafetensorsCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -241,13 +241,20 @@ class HFSource:
         return SafetensorsCheckpoint(self.directory).get(self._name(tensor))
 
     def write_metadata(self, directory: Path, dtype: str, card_note: str = "") -> None:
-        """Everything but the weights, as the input has it (config dtype updated)."""
-        weights = {INDEX_NAME, SINGLE_NAME, "README.md"}
+        """Everything but the weights, as the input has it (config dtype updated). Files and
+        folders holding weights (other formats, e.g. onnx/) would describe the input, not the
+        merge, so they are left out."""
+        modules_path = self.directory / "modules.json"
+        modules = json.loads(modules_path.read_text()) if modules_path.is_file() else []
+        module_dirs = {m.get("path") for m in modules if m.get("path")}
         for path in sorted(self.directory.iterdir()):
-            if path.name in weights or path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+            if path.name in (INDEX_NAME, "README.md") or path.name.startswith("."):
                 continue
-            if path.name.startswith("."):
-                continue
+            if _holds_weights(path):
+                if path.name not in module_dirs:
+                    continue
+                # A sentence-transformers module (e.g. a Dense head) the pipeline needs.
+                log.warning("%s: copied from the first input, not merged", path)
             if path.is_dir():
                 shutil.copytree(path, directory / path.name)
             else:
@@ -264,6 +271,15 @@ class HFSource:
 
     def close(self) -> None:
         pass
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".msgpack", ".gguf")
+
+
+def _holds_weights(path: Path) -> bool:
+    if path.is_dir():
+        return any(p.suffix in WEIGHT_SUFFIXES for p in path.rglob("*") if p.is_file())
+    return path.suffix in WEIGHT_SUFFIXES
 
 
 def open_input(
