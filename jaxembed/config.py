@@ -18,6 +18,9 @@ import ml_collections
 
 from jaxembed.errors import UserInputError
 
+# A training workdir keeps its run config here (read back by `jaxembed export`).
+RUN_CONFIG_NAME = "config.json"
+
 
 def default_config() -> ml_collections.ConfigDict:
     """Every key a training config may have, set for a tiny model on a CPU."""

@@ -34,6 +34,7 @@ import ml_dtypes
 import numpy as np
 
 from jaxembed import hf
+from jaxembed.config import RUN_CONFIG_NAME
 from jaxembed.errors import UserInputError
 from jaxembed.io_utils import atomic_directory
 from jaxembed.models.bert import BertConfig
@@ -55,7 +56,6 @@ _SAFETENSORS_DTYPES = {
     np.dtype(np.float16): "F16",
 }
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' "5GB"
-RUN_CONFIG_NAME = "config.json"  # a workdir's training config (ConfigDict.to_json)
 TOKENIZER_COPY = (
     "tokenizer.json",
     "tokenizer.model",

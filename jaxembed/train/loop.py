@@ -20,10 +20,12 @@ import ml_collections
 
 from jaxembed import hf
 from jaxembed.checkpoint import Checkpointer
+from jaxembed.config import RUN_CONFIG_NAME
 from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineConfig
 from jaxembed.data.formats import load_beir, read_training_jsonl
 from jaxembed.errors import UserInputError
 from jaxembed.evaluate import evaluate_retrieval
+from jaxembed.io_utils import atomic_file
 from jaxembed.losses import CONTRASTIVE_VARIANTS
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.llama import LlamaConfig, init_params
@@ -275,6 +277,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
 
     metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0)
     metrics_log.truncate_after(start_step)
+    if jax.process_index() == 0:
+        # The run's config beside its checkpoints: `jaxembed export` needs no flags.
+        with atomic_file(workdir / RUN_CONFIG_NAME) as tmp:
+            tmp.write_text(config.to_json(indent=2) + "\n", encoding="utf-8")
     train_step = jit_train_step(
         make_train_step(mcfg, optimizer, schedule, step_settings(config)), shardings, mesh
     )
