@@ -169,7 +169,7 @@ def cmd_mine(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     if args.train:
-        task = load_training_task(args.corpus, args.train)
+        task = load_training_task(args.corpus, args.train, args.instruction or "")
     else:
         task = load_beir_task(args.corpus, args.queries, args.qrels, args.instruction or "")
     teacher_options = None
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument(
         "--corpus-embeddings", action="append", default=[], help=".npy, row i = corpus line i"
     )
-    mine.add_argument("--instruction", default=None, help="query task (BEIR input)")
+    mine.add_argument("--instruction", default=None, help="query task (a --train record's wins)")
     mine.add_argument("--method", default="perc", choices=MINING_METHODS)
     mine.add_argument(
         "--margin", type=float, default=None, help="t (abs), m (margin) or p (perc, default 0.95)"

@@ -137,6 +137,7 @@ def test_training_jsonl_input_mines_like_beir(beir, capsys):
         if q == 4:
             pos = [DOC_TEXTS[d] for d in docs]
         rows.append({"query": QUERY_TEXTS[q], "positives": pos, "negatives": ["old"]})
+    rows[2]["instruction"] = "own"
     train = write_jsonl(beir / "train_in.jsonl", rows)
     np.save(beir / "q_train.npy", QUERY_EMB)
     args = [
@@ -153,6 +154,8 @@ def test_training_jsonl_input_mines_like_beir(beir, capsys):
         "3",
         "--range-max",
         "8",
+        "--instruction",
+        "w9",
         "--output",
         str(beir / "out" / "t.jsonl"),
         "--quiet",
@@ -164,6 +167,7 @@ def test_training_jsonl_input_mines_like_beir(beir, capsys):
         [f"d{r}" for r in expected[q]] for q in range(N_QUERIES)
     ]
     assert lines[0]["query_id"] == "line1"
+    assert [x["instruction"] for x in lines] == ["w9", "w9", "own"] + ["w9"] * (N_QUERIES - 3)
 
 
 def test_cli_method_choices_are_the_library_methods():

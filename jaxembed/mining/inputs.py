@@ -127,9 +127,12 @@ def load_beir_task(
     return _finish(corpus, canonical, mined, len(queries), str(corpus_path), str(queries_path))
 
 
-def load_training_task(corpus_path: str | Path, train_path: str | Path) -> MiningTask:
+def load_training_task(
+    corpus_path: str | Path, train_path: str | Path, instruction: str = ""
+) -> MiningTask:
     """A training JSONL file (the data pipeline's format) whose positives name corpus ids
-    (or give a text found in the corpus); existing negatives are ignored."""
+    (or give a text found in the corpus); existing negatives are ignored. `instruction` is
+    the default for records without their own."""
     corpus_path, train_path = Path(corpus_path), Path(train_path)
     corpus, row, canonical = _read_corpus(corpus_path)
     by_text = {}
@@ -139,7 +142,7 @@ def load_training_task(corpus_path: str | Path, train_path: str | Path) -> Minin
     with open(train_path, "rb") as f:
         lines = [n for n, raw in enumerate(f, start=1) if raw.strip()]
     mined = []
-    for i, record in enumerate(read_training_jsonl(train_path)):
+    for i, record in enumerate(read_training_jsonl(train_path, instruction=instruction)):
         rows = []
         for p in record.positives:
             if p.id.startswith("text:"):
