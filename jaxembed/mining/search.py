@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import sys
 from collections.abc import Iterator
 from typing import Literal
 
@@ -38,7 +39,7 @@ class IndexConfig:
     kind: IndexKind = "flat"
     # Rows per streamed chunk (flat) or per add (ivf/hnsw); default: 64 MiB of float32 rows.
     corpus_chunk: int | None = None
-    nlist: int | None = None  # IVF lists; default 4 * sqrt(corpus size)
+    nlist: int | None = None  # IVF lists; default 4 * sqrt(corpus size), >= 39 rows per list
     nprobe: int = 32
     hnsw_m: int = 32
     ef_construction: int = 200
@@ -97,11 +98,12 @@ class CorpusSearch:
         mask = self.keep[start : start + len(block)]
         return np.ascontiguousarray(block[mask]), rows[mask]
 
-    def _chunks(self, desc: str):
+    def _chunks(self, desc: str, nested: bool = False):
         size = self.config.chunk_rows(self.corpus.dim)
         chunks = self.corpus.chunks(size)
         total = math.ceil(self.corpus.n / size)
-        disable = not self.show_progress or total < 2
+        # A bar nested under the query bar only reads well on a terminal, not in a log file.
+        disable = not self.show_progress or total < 2 or (nested and not sys.stderr.isatty())
         for start, block in progress_bar(
             chunks, total=total, desc=desc, leave=False, disable=disable
         ):
@@ -112,8 +114,8 @@ class CorpusSearch:
         n = int(self.corpus.n if self.keep is None else self.keep.sum())
         d = self.corpus.dim
         if c.kind == "ivf":
-            nlist = c.nlist or max(1, int(4 * math.sqrt(n)))
-            nlist = min(nlist, n)
+            # Default 4 sqrt(n) lists, but no fewer than 39 training points each (faiss's minimum).
+            nlist = min(c.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39)), n)
             index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
             # faiss wants 39..256 training points per list; a random sample bounds memory.
             rows = np.arange(self.corpus.n) if self.keep is None else np.flatnonzero(self.keep)
@@ -149,7 +151,7 @@ class CorpusSearch:
         if self.gpu and not gpu:
             log.warning("k=%d is above faiss GPU's limit of %d: searching on CPU", k, GPU_MAX_K)
         with _blas_kernel():
-            for vectors, rows in self._chunks("search"):
+            for vectors, rows in self._chunks("search", nested=True):
                 if len(rows):
                     self._search_chunk(queries, vectors, rows, k, heap, gpu)
         heap.finalize()
