@@ -56,21 +56,23 @@ def _right_padded_batch(rng, lengths, length, vocab):
 
 
 @pytest.mark.parametrize(
-    "model_cls_name, overrides",
+    "model_cls_name, overrides, attention_impl",
     [
-        ("BertModel", {"hidden_act": "gelu"}),
-        ("BertModel", {"hidden_act": "gelu_new"}),
-        ("BertModel", {"hidden_act": "relu"}),
+        ("BertModel", {"hidden_act": "gelu"}, None),
+        ("BertModel", {"hidden_act": "gelu_new"}, None),
+        ("BertModel", {"hidden_act": "relu"}, None),
         # Big enough to matter at 1e-4, so the eps really comes from config.json.
-        ("BertModel", {"layer_norm_eps": 0.5}),
+        ("BertModel", {"layer_norm_eps": 0.5}, None),
         # Task-head checkpoints name tensors "bert.embeddings...": the prefix is resolved.
-        ("BertForSequenceClassification", {}),
+        ("BertForSequenceClassification", {}, None),
+        # The jax.nn.dot_product_attention path (named kernels) instead of heads_attention.
+        ("BertModel", {}, "xla"),
     ],
 )
-def test_matches_transformers_bert(tmp_path, model_cls_name, overrides):
+def test_matches_transformers_bert(tmp_path, model_cls_name, overrides, attention_impl):
     torch_model = _save_tiny_bert(tmp_path, model_cls_name, **overrides)
     backbone = torch_model if model_cls_name == "BertModel" else torch_model.bert
-    config = hf.config_from_hf(hf.read_hf_config(tmp_path))
+    config = hf.config_from_hf(hf.read_hf_config(tmp_path), attention_impl=attention_impl)
     params = hf.load_params(tmp_path, config)
     lengths = [40, 7, 23, 1, 40, 16]
     ids, mask = _right_padded_batch(np.random.default_rng(1), lengths, 40, TINY["vocab_size"])
