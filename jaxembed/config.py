@@ -43,10 +43,22 @@ def default_config() -> ml_collections.ConfigDict:
         remat_policy="none",
         pooling="mean",
         exclude_instruction=False,
+        # "embedding" (bi-encoder) or "reranker" (cross-encoder: pairs joined by
+        # data.pair_template, mean pooling, linear head to one score; see models/reranker.py)
+        task="embedding",
+        # Keep only the bottom N layers of the HF checkpoint (0 = all): NV-RerankQA keeps 16
+        # of Mistral-7B's 32.
+        prune_layers=0,
     )
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.loss = dict(
-        variant="in_batch", temperature=0.02, false_negative_margin=0.1, mask_duplicates=True
+        variant="in_batch",
+        temperature=0.02,
+        false_negative_margin=0.1,
+        mask_duplicates=True,
+        # Reranker loss over [positive, N negatives]: "listwise" (InfoNCE) or "bce"
+        ranking="listwise",
+        ranking_temperature=1.0,
     )
     c.gradcache = dict(enabled=False, chunk_size=8, passage_chunk_size=0)
     c.optimizer = dict(
@@ -72,7 +84,10 @@ def default_config() -> ml_collections.ConfigDict:
         global_batch_size=16,
         num_negatives=1,
         query_max_length=64,
-        passage_max_length=64,
+        passage_max_length=64,  # reranker: max length of the joined query-passage pair
+        # Reranker input: query (cut to query_max_length tokens) and passage joined by this
+        # template, query first so truncation only shortens the passage.
+        pair_template="question:{query} \n \n passage:{passage}",
         more_negatives="first",
         fewer_negatives="fill",
         homogeneous=False,

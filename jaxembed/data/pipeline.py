@@ -11,6 +11,12 @@ A batch is a dict of int32 arrays (B = global batch, G = 1 + num_negatives):
   doc_ids        [B, G]  stable 31-bit hash of each passage id (equal ids = same document)
   dataset_index  [B]     index into the `datasets` list
 Lq and Lp are bucket lengths; pool masks are the attention masks minus instruction tokens.
+
+Pair mode (a cross-encoder reranker; `pair_template` set): each query is joined with each of
+its passages by the template (`jaxembed.data.pairs`), the query cut to `query_max_length`
+tokens and the pair to `passage_max_length`, and the query/passage arrays are replaced by
+  pair_input_ids, pair_attention_mask  [B, G, Lp]  (pair 0: query + positive)
+The query instruction is not used (the reranker has none).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from transformers import PreTrainedTokenizerFast
 from jaxembed.data.batching import check_buckets, pad, pick_bucket, tokenize
 from jaxembed.data.examples import FewerRule, MoreRule, make_example
 from jaxembed.data.multihost import LengthAgreement, assemble, process_rows
+from jaxembed.data.pairs import check_pair_template, tokenize_pairs
 from jaxembed.data.prefetch import Prefetcher
 from jaxembed.data.records import Passage, TrainingRecord
 from jaxembed.data.sampler import BatchPlan, GlobalSampler, IteratorState
@@ -57,6 +64,8 @@ class PipelineConfig:
     seed: int = 0
     # Batches prepared ahead in a background thread; 0 = produce on demand.
     prefetch: int = 2
+    # Non-empty: yield joined (query, passage) pairs for a cross-encoder (see module doc).
+    pair_template: str = ""
 
     def __post_init__(self) -> None:
         choices = {
@@ -69,6 +78,8 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
         if self.global_batch_size < 1 or self.num_negatives < 0 or self.prefetch < 0:
             raise ValueError("need global_batch_size >= 1, num_negatives >= 0, prefetch >= 0")
+        if self.pair_template:
+            check_pair_template(self.pair_template)
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> PipelineConfig:
@@ -227,6 +238,8 @@ class BatchIterator:
                     dataset=self.datasets[d].name,
                 )
             )
+        if cfg.pair_template:
+            return self._pair_batch(examples, plan.dataset[rows], step)
         q_ids, q_starts = tokenize(
             self._tokenizer,
             [e.query for e in examples],
@@ -252,4 +265,30 @@ class BatchIterator:
             "passage_pool_mask": p_pool.reshape(b, group, -1),
             "doc_ids": np.asarray([e.doc_ids for e in examples], dtype=np.int32),
             "dataset_index": plan.dataset[rows].astype(np.int32),
+        }
+
+    def _pair_batch(
+        self, examples: Sequence[Any], dataset: np.ndarray, step: int
+    ) -> dict[str, np.ndarray]:
+        cfg = self.config
+        # The raw query: the pair template replaces the bi-encoder's instruction prefix.
+        queries = [e.query[e.prefix_chars :] for e in examples for _ in e.passages]
+        passages = [p.full_text() for e in examples for p in e.passages]
+        ids = tokenize_pairs(
+            self._tokenizer,
+            queries,
+            passages,
+            template=cfg.pair_template,
+            max_length=cfg.passage_max_length,
+            query_max_length=cfg.query_max_length,
+        )
+        (length,) = self._agree(step, [max(map(len, ids))])
+        pad_id = self._tokenizer.pad_token_id
+        x, mask, _ = pad(ids, [0] * len(ids), pick_bucket(length, self._p_buckets), pad_id)
+        b, group = len(examples), 1 + cfg.num_negatives
+        return {
+            "pair_input_ids": x.reshape(b, group, -1),
+            "pair_attention_mask": mask.reshape(b, group, -1),
+            "doc_ids": np.asarray([e.doc_ids for e in examples], dtype=np.int32),
+            "dataset_index": dataset.astype(np.int32),
         }

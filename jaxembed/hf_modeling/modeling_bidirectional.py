@@ -12,15 +12,19 @@ run the encoder exactly as jaxembed trained it:
 - position ids count real tokens only, so left- and right-padded batches embed alike.
 The output is the final-norm hidden states; pooling and normalization are the
 sentence-transformers modules beside this file (or yours).
+
+Rerankers (cross-encoders) exported by jaxembed use the `*ForSequenceClassification` classes
+(AutoModelForSequenceClassification, sentence-transformers' CrossEncoder): the same
+bidirectional backbone, mean pooling over the real tokens and a linear head to one score.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.models.llama.modeling_llama import LlamaModel
-from transformers.models.mistral.modeling_mistral import MistralModel
-from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
+from transformers.modeling_outputs import BaseModelOutputWithPast, SequenceClassifierOutput
+from transformers.models.llama.modeling_llama import LlamaModel, LlamaPreTrainedModel
+from transformers.models.mistral.modeling_mistral import MistralModel, MistralPreTrainedModel
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Model, Qwen2PreTrainedModel
 
 
 def bidirectional_mask(
@@ -111,3 +115,72 @@ class BidirectionalQwen2Model(_BidirectionalMixin, Qwen2Model):
     def __init__(self, config) -> None:
         super().__init__(config)
         self._make_bidirectional()
+
+
+class _MeanPoolScoreMixin:
+    """Bidirectional backbone -> mean over the real tokens -> Linear(hidden, num_labels)."""
+
+    backbone_class: type = None
+
+    def _build(self, config) -> None:
+        self.num_labels = config.num_labels
+        self.model = self.backbone_class(config)
+        self.score = torch.nn.Linear(config.hidden_size, config.num_labels, bias=True)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        hidden = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+        ).last_hidden_state
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        # Pool and score in float32, as jaxembed does, whatever the backbone's dtype.
+        mask = attention_mask.to(torch.float32).unsqueeze(-1)
+        pooled = (hidden.to(torch.float32) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        logits = torch.nn.functional.linear(
+            pooled, self.score.weight.to(torch.float32), self.score.bias.to(torch.float32)
+        )
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits.squeeze(-1), labels.to(torch.float32)
+                )
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class BidirectionalLlamaForSequenceClassification(_MeanPoolScoreMixin, LlamaPreTrainedModel):
+    backbone_class = BidirectionalLlamaModel
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._build(config)
+
+
+class BidirectionalMistralForSequenceClassification(_MeanPoolScoreMixin, MistralPreTrainedModel):
+    backbone_class = BidirectionalMistralModel
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._build(config)
+
+
+class BidirectionalQwen2ForSequenceClassification(_MeanPoolScoreMixin, Qwen2PreTrainedModel):
+    backbone_class = BidirectionalQwen2Model
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._build(config)

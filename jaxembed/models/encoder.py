@@ -42,6 +42,42 @@ def bucket_lengths(max_length: int, per_doubling: int = 4) -> list[int]:
     return buckets + [max_length]
 
 
+def run_batched(
+    fn: Callable[[np.ndarray, np.ndarray, np.ndarray], Any],
+    ids: Sequence[Sequence[int]],
+    pool_starts: Sequence[int],
+    *,
+    batch_size: int,
+    max_length: int,
+    pad_id: int,
+    out_shape: tuple[int, ...] = (),
+    desc: str = "batch",
+    show_progress: bool = True,
+) -> np.ndarray:
+    """`fn(ids, attention_mask, pool_mask)` over length-sorted, bucket-padded batches of
+    `ids`; rows of the result [len(ids), *out_shape] (float32) in input order. Shared by
+    the encoder and the reranker."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    buckets = bucket_lengths(max_length)
+    out = np.zeros((len(ids), *out_shape), np.float32)
+    for start in progress_bar(
+        range(0, len(order), batch_size), desc=desc, unit="batch", disable=not show_progress
+    ):
+        rows = order[start : start + batch_size]
+        # Filler rows (one pad token each, so no attention row is empty) keep every batch
+        # the same shape: one compile per bucket.
+        fill = batch_size - len(rows)
+        length = next(b for b in buckets if b >= len(ids[rows[0]]))
+        batch = pad(
+            [ids[i] for i in rows] + [[pad_id]] * fill,
+            [pool_starts[i] for i in rows] + [0] * fill,
+            length,
+            pad_id,
+        )
+        out[rows] = np.asarray(fn(*batch))[: len(rows)]
+    return out
+
+
 @dataclass(frozen=True)
 class PoolingSettings:
     mode: str = "mean"
@@ -200,27 +236,14 @@ class Encoder:
         if empty:
             # A zero vector would be silently wrong; say which input it is (0-based).
             raise UserInputError(f"text {empty[0]} (of {len(empty)}) tokenizes to no tokens")
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        buckets = bucket_lengths(max_length)
-        out = np.zeros((len(ids), self.config.hidden_size), np.float32)
-        pad_id = self._pad_id()
-        for start in progress_bar(
-            range(0, len(order), batch_size),
+        return run_batched(
+            lambda *batch: self._embed(self.params, *batch),
+            ids,
+            pool_starts,
+            batch_size=batch_size,
+            max_length=max_length,
+            pad_id=self._pad_id(),
+            out_shape=(self.config.hidden_size,),
             desc="encode",
-            unit="batch",
-            disable=not show_progress,
-        ):
-            rows = order[start : start + batch_size]
-            # Filler rows (one pad token each, so no attention row is empty) keep every batch
-            # the same shape: one compile per bucket.
-            fill = batch_size - len(rows)
-            length = next(b for b in buckets if b >= len(ids[rows[0]]))
-            batch = pad(
-                [ids[i] for i in rows] + [[pad_id]] * fill,
-                [pool_starts[i] for i in rows] + [0] * fill,
-                length,
-                pad_id,
-            )
-            emb = self._embed(self.params, *batch)
-            out[rows] = np.asarray(emb)[: len(rows)]
-        return out
+            show_progress=show_progress,
+        )

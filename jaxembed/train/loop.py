@@ -23,13 +23,15 @@ from jaxembed.checkpoint import Checkpointer
 from jaxembed.config import RUN_CONFIG_NAME
 from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineConfig
 from jaxembed.data.formats import load_beir, read_training_jsonl
+from jaxembed.data.pairs import check_pair_template
 from jaxembed.errors import UserInputError
 from jaxembed.evaluate import evaluate_retrieval
 from jaxembed.io_utils import atomic_file
-from jaxembed.losses import CONTRASTIVE_VARIANTS
+from jaxembed.losses import CONTRASTIVE_VARIANTS, RANKING_LOSSES
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.llama import LlamaConfig, init_params
 from jaxembed.models.pooling import POOLING_MODES
+from jaxembed.models.reranker import init_reranker_params, load_reranker_params, pruned_config
 from jaxembed.progress import progress_bar
 from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
 from jaxembed.train.metrics_log import MetricsLog
@@ -38,6 +40,7 @@ from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, s
 
 log = logging.getLogger(__name__)
 
+TASKS = ("embedding", "reranker")
 PIPELINE_KEYS = (
     "global_batch_size",
     "num_negatives",
@@ -54,9 +57,11 @@ def model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
     m = config.model
     overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy)
     if m.init == "hf":
-        return hf.llama_config_from_hf(
+        config = hf.llama_config_from_hf(
             hf.read_hf_config(m.hf_path), str(Path(m.hf_path) / "config.json"), **overrides
         )
+        # Pruning at import: only the bottom N layers are ever read from the checkpoint.
+        return pruned_config(config, m.prune_layers)
     return LlamaConfig(
         vocab_size=m.vocab_size,
         hidden_size=m.hidden_size,
@@ -85,6 +90,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             hf.read_hf_config(m.hf_path)
         except UserInputError as e:
             raise UserInputError(f"model.hf_path: {e}") from e
+    if m.task not in TASKS:
+        raise UserInputError(f"model.task={m.task!r}: expected one of {TASKS}")
+    if m.prune_layers < 0:
+        raise UserInputError(f"model.prune_layers={m.prune_layers}: must be >= 0")
+    if m.prune_layers and m.init != "hf":
+        raise UserInputError("model.prune_layers needs model.init='hf' (set num_layers instead)")
+    if m.task == "reranker":
+        _validate_reranker(config)
     if m.pooling not in POOLING_MODES:
         raise UserInputError(f"model.pooling={m.pooling!r}: expected one of {POOLING_MODES}")
     if loss.variant not in CONTRASTIVE_VARIANTS:
@@ -128,6 +141,29 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise UserInputError(f"train.steps={config.train.steps}: must be >= 1")
 
 
+def _validate_reranker(config: ml_collections.ConfigDict) -> None:
+    m, loss = config.model, config.loss
+    if loss.ranking not in RANKING_LOSSES:
+        raise UserInputError(f"loss.ranking={loss.ranking!r}: expected one of {RANKING_LOSSES}")
+    if not loss.ranking_temperature > 0:
+        raise UserInputError(f"loss.ranking_temperature={loss.ranking_temperature}: must be > 0")
+    try:
+        check_pair_template(config.data.pair_template)
+    except UserInputError as e:
+        raise UserInputError(f"data.pair_template: {e}") from e
+    if config.data.num_negatives < 1:
+        raise UserInputError("a reranker needs data.num_negatives >= 1 to rank against")
+    if m.pooling != "mean" or m.exclude_instruction:
+        raise UserInputError("a reranker mean-pools every token: model.pooling must be 'mean'")
+    if config.gradcache.enabled:
+        raise UserInputError("gradcache is for bi-encoders; a reranker's pairs are independent")
+    if config.train.eval_every:
+        raise UserInputError(
+            "train.eval_every evaluates retrieval; for a reranker set it to 0 and use "
+            "`jaxembed rerank` on the exported model"
+        )
+
+
 def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
     gc = config.gradcache
     return StepSettings(
@@ -141,6 +177,9 @@ def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
         mask_duplicates=config.loss.mask_duplicates,
         gradcache_chunk=gc.chunk_size if gc.enabled else 0,
         gradcache_passage_chunk=gc.passage_chunk_size if gc.enabled else 0,
+        task=config.model.task,
+        ranking=config.loss.ranking,
+        ranking_temperature=config.loss.ranking_temperature,
     )
 
 
@@ -239,8 +278,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {mcfg.vocab_size}"
         )
     datasets = load_datasets(config)
+    reranker = config.model.task == "reranker"
+    pair = {"pair_template": config.data.pair_template} if reranker else {}
     pipeline_config = PipelineConfig.from_mapping(
-        {k: config.data[k] for k in PIPELINE_KEYS} | {"seed": config.seed}
+        {k: config.data[k] for k in PIPELINE_KEYS} | {"seed": config.seed} | pair
     )
 
     o, t = config.optimizer, config.train
@@ -256,14 +297,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         max_grad_norm=o.max_grad_norm,
         accumulation_steps=o.accumulation_steps,
     )
-    shardings = state_shardings(mcfg, optimizer, mesh)
+    shardings = state_shardings(mcfg, optimizer, mesh, config.model.task)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
     latest = checkpointer.latest_step()
     init_state = jax.jit(
         lambda params, rng: create_state(params, optimizer, rng), out_shardings=shardings
     )
     rng = jax.random.PRNGKey(config.seed)
-    if config.model.init == "hf":
+    if reranker and config.model.init == "hf":
+        params = load_reranker_params(
+            config.model.hf_path, mcfg, rng=jax.random.fold_in(rng, 2), shardings=shardings.params
+        )
+    elif reranker:
+        params = jax.jit(lambda r: init_reranker_params(mcfg, r), out_shardings=shardings.params)(
+            rng
+        )
+    elif config.model.init == "hf":
         params = hf.load_params(config.model.hf_path, mcfg, shardings=shardings.params)
     else:
         params = jax.jit(lambda r: init_params(mcfg, r), out_shardings=shardings.params)(rng)

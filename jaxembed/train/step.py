@@ -5,6 +5,10 @@ Queries and passages go through the same bidirectional backbone (shared weights,
 recipes' choice), are pooled and L2-normalized, and meet in the configured contrastive loss
 over the whole global batch. With GradCache on, the same gradients come from chunked
 embedding passes in bounded activation memory.
+
+With `task="reranker"` the same step trains a cross-encoder: each joined (query, passage)
+pair of `pair_input_ids` [B, 1+N, L] gets one score, and the ranking loss (listwise InfoNCE
+over [positive, N negatives] or pointwise BCE) is taken per query.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 
 from jaxembed.gradcache import gradcache_value_and_grad
-from jaxembed.losses import contrastive_loss
+from jaxembed.losses import contrastive_loss, ranking_loss
 from jaxembed.models.encoder import make_embed_fn
 from jaxembed.models.llama import LlamaConfig, param_shapes
+from jaxembed.models.reranker import make_score_fn, reranker_param_shapes
 from jaxembed.sharding import batch_sharding, param_shardings, replicated
 from jaxembed.train.state import TrainState
 
@@ -39,6 +44,9 @@ class StepSettings:
     mask_duplicates: bool = True
     gradcache_chunk: int = 0  # 0 = direct gradients
     gradcache_passage_chunk: int = 0  # 0 = same as gradcache_chunk
+    task: str = "embedding"  # or "reranker"
+    ranking: str = "listwise"  # reranker loss: "listwise" or "bce"
+    ranking_temperature: float = 1.0
 
 
 def _side(batch: Batch, prefix: str, use_pool_mask: bool) -> Batch:
@@ -59,6 +67,8 @@ def make_train_step(
     schedule: optax.Schedule,
     settings: StepSettings,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    if settings.task == "reranker":
+        return _make_reranker_step(config, optimizer, schedule, settings)
     embed = make_embed_fn(config, settings.pooling)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -108,11 +118,61 @@ def make_train_step(
     return train_step
 
 
+def _apply_gradients(
+    state: TrainState,
+    grads: Any,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    metrics: dict[str, jax.Array],
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics)
+    metrics.update(
+        grad_norm=optax.tree.norm(grads),
+        learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
+    )
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+
+def _make_reranker_step(
+    config: LlamaConfig,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    settings: StepSettings,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    score = make_score_fn(config, settings.pooling)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        ids, mask = batch["pair_input_ids"], batch["pair_attention_mask"]
+        batch_size, group = ids.shape[:2]
+        pairs = {
+            "input_ids": ids.reshape(-1, ids.shape[-1]),
+            "attention_mask": mask.reshape(-1, mask.shape[-1]),
+        }
+
+        def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+            scores = score(params, pairs).reshape(batch_size, group)
+            return ranking_loss(
+                scores, kind=settings.ranking, temperature=settings.ranking_temperature
+            )
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        metrics = dict(metrics, loss=loss, tokens=jnp.sum(mask))
+        return _apply_gradients(state, grads, optimizer, schedule, metrics)
+
+    return train_step
+
+
 def state_shardings(
-    config: LlamaConfig, optimizer: optax.GradientTransformation, mesh: Mesh
+    config: LlamaConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    task: str = "embedding",
 ) -> TrainState:
     """Params and their optimizer moments share the params' FSDP/tensor layout."""
-    boxed = param_shapes(config)
+    boxed = reranker_param_shapes(config) if task == "reranker" else param_shapes(config)
     params = param_shardings(boxed, mesh)
     abstract_opt = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed))
     opt = optax.tree_map_params(

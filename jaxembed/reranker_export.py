@@ -1,0 +1,239 @@
+"""Reranker params → a Hugging Face sequence-classification directory.
+
+The directory holds the backbone under "model." and the head as "score.weight" [1, hidden] /
+"score.bias" [1], a config.json whose "auto_map" points AutoModel and
+AutoModelForSequenceClassification at the shipped bidirectional modeling file, the tokenizer
+and a model card. So
+
+    AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)
+    CrossEncoder(dir, trust_remote_code=True)
+
+score pairs as jaxembed does. The pair template cannot be expressed to either of them (they
+tokenize the pair themselves), so the card and config.json ("jaxembed.reranker.template")
+say how to join a query and a passage; `jaxembed rerank` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from jaxembed import hf
+from jaxembed.errors import UserInputError
+from jaxembed.hf_export import (
+    EXPORT_DTYPES,
+    MODELING_CLASSES,
+    MODELING_FILE,
+    TensorSpec,
+    _map_leaves,
+    copy_modeling_file,
+    hf_config_dict,
+    hf_tensors,
+    load_run_config,
+    model_type_for,
+    resolve_step,
+    to_hf_layout,
+    write_safetensors,
+    write_tokenizer,
+)
+from jaxembed.io_utils import atomic_directory
+from jaxembed.models.encoder import PoolingSettings
+from jaxembed.models.reranker import HEAD_BIAS, HEAD_WEIGHT
+
+BACKBONE_PREFIX = "model."
+# CrossEncoder applies a sigmoid to one-label models unless told otherwise; the raw logit is
+# what jaxembed scores with (and ranks identically).
+IDENTITY_ACTIVATION = "torch.nn.modules.linear.Identity"
+
+
+def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def reranker_config_dict(
+    config: hf.ModelConfig,
+    base: dict[str, Any],
+    dtype: str,
+    tokenizer: Any,
+    *,
+    template: str,
+    max_length: int,
+) -> dict[str, Any]:
+    model_type = base.get("model_type") or model_type_for(config)
+    if model_type not in MODELING_CLASSES:
+        raise UserInputError(f"a {model_type} reranker cannot be exported (Llama family only)")
+    if base:
+        base = dict(base, num_hidden_layers=config.num_layers)  # pruned at import
+    out = hf_config_dict(model_type, config, base, dtype, PoolingSettings("mean", False), tokenizer)
+    backbone_cls = MODELING_CLASSES[model_type]
+    cls = backbone_cls.replace("Model", "ForSequenceClassification")
+    module = MODELING_FILE[:-3]
+    out.update(
+        architectures=[cls],
+        auto_map={
+            "AutoModel": f"{module}.{backbone_cls}",
+            "AutoModelForSequenceClassification": f"{module}.{cls}",
+        },
+        num_labels=1,
+        id2label={"0": "LABEL_0"},
+        label2id={"LABEL_0": 0},
+        sentence_transformers={"activation_fn": IDENTITY_ACTIVATION},
+    )
+    out["jaxembed"]["reranker"] = {
+        "template": template,
+        "pooling": "mean",
+        "max_length": max_length,
+    }
+    return out
+
+
+def _model_card(template: str, dtype: str, origin: str, run_config: Any) -> str:
+    lines = [
+        "---",
+        "library_name: sentence-transformers",
+        "pipeline_tag: text-ranking",
+        "tags: [cross-encoder, reranker, jaxembed]",
+        "---",
+        "",
+        "# Bidirectional cross-encoder reranker (jaxembed)",
+        "",
+        f"A reranker trained with jaxembed{f' ({origin})' if origin else ''}, exported in "
+        f"{dtype}: bidirectional backbone, mean pooling, linear head to one score (higher is "
+        "more relevant).",
+        "",
+        "## Usage",
+        "",
+        f"Join each pair as `{json.dumps(template)}` (query first, so truncation only shortens "
+        "the passage).",
+        "",
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        'model = AutoModelForSequenceClassification.from_pretrained("PATH", '
+        "trust_remote_code=True)",
+        "```",
+        "",
+        "`sentence_transformers.CrossEncoder(PATH, trust_remote_code=True)` loads it too "
+        "(raw logits); `jaxembed rerank --model PATH` reranks a retrieval run with it.",
+    ]
+    if run_config is not None:
+        lines += ["", "## Training config", "", "```json", run_config.to_json(indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_reranker_directory(
+    output: str | Path,
+    config: hf.ModelConfig,
+    params: Any,
+    tokenizer_dir: str | Path,
+    *,
+    template: str,
+    max_length: int,
+    base_hf_config: dict[str, Any] | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    origin: str = "",
+    run_config: ml_collections.ConfigDict | None = None,
+) -> Path:
+    """Write reranker `params` (numpy or JAX arrays, our layout) as an HF directory."""
+    if dtype not in EXPORT_DTYPES:
+        raise UserInputError(f"--dtype {dtype!r}: expected one of {', '.join(EXPORT_DTYPES)}")
+    np_dtype = EXPORT_DTYPES[dtype]
+    tensors = hf_tensors(config)
+    specs = [TensorSpec(BACKBONE_PREFIX + t.name, t.wmap.hf_shape, np_dtype) for t in tensors]
+    specs += [
+        TensorSpec(HEAD_WEIGHT, (1, config.hidden_size), np_dtype),
+        TensorSpec(HEAD_BIAS, (1,), np_dtype),
+    ]
+
+    def arrays() -> Iterator[np.ndarray]:
+        for t in tensors:
+            leaf = np.asarray(_lookup(params["backbone"], t.wmap.path))
+            ours = leaf if t.layer is None else leaf[t.layer]
+            yield to_hf_layout(t.wmap, ours, np_dtype)
+        yield np.asarray(params["score"]["kernel"]).T.astype(np_dtype)
+        yield np.asarray(params["score"]["bias"]).astype(np_dtype)
+
+    output = Path(output)
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        tokenizer = write_tokenizer(Path(tokenizer_dir), tmp)
+        hf_config = reranker_config_dict(
+            config,
+            base_hf_config or {},
+            dtype,
+            tokenizer,
+            template=template,
+            max_length=max_length,
+        )
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        copy_modeling_file(tmp)
+        (tmp / "README.md").write_text(_model_card(template, dtype, origin, run_config))
+        write_safetensors(tmp, specs, arrays(), desc="export")
+    return output
+
+
+def restore_params(step_dir: Path) -> Any:
+    """Every param of an Orbax training step, as numpy arrays (the whole model in host
+    memory: ~16 GiB in f32 for the 4B reranker)."""
+    import orbax.checkpoint as ocp
+
+    path = (step_dir / "state").absolute()
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        tree = checkpointer.metadata(path).item_metadata.tree
+        if "params" not in tree:
+            raise UserInputError(f"{path}: Orbax checkpoint has no 'params'")
+        meta = tree["params"]
+        args = ocp.args.PyTreeRestore(
+            item={"params": meta},
+            restore_args={"params": _map_leaves(meta, ocp.RestoreArgs(restore_type=np.ndarray))},
+            partial_restore=True,
+        )
+        return checkpointer.restore(path, args=args)["params"]
+    finally:
+        checkpointer.close()
+
+
+def export_reranker_run(
+    workdir: str | Path,
+    output: str | Path,
+    *,
+    step: str | int = "latest",
+    dtype: str = "float32",
+    overwrite: bool = False,
+    config_spec: str | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+) -> Path:
+    """Export one step of a reranker training workdir (`model.task="reranker"`)."""
+    from jaxembed.train.loop import model_config
+
+    workdir, output = Path(workdir), Path(output)
+    if output.exists() and not overwrite:
+        raise UserInputError(f"{output}: already exists (pass --overwrite to replace it)")
+    step_dir, chosen = resolve_step(workdir, step)
+    run_config = load_run_config(workdir, config_spec, overrides)
+    m, d = run_config.model, run_config.data
+    if m.task != "reranker":
+        raise UserInputError(f"{workdir}: not a reranker run (model.task={m.task!r})")
+    config = model_config(run_config)
+    params = restore_params(step_dir)
+    return write_reranker_directory(
+        output,
+        config,
+        params,
+        m.hf_path if m.init == "hf" else d.tokenizer,
+        template=d.pair_template,
+        max_length=d.passage_max_length,
+        base_hf_config=hf.read_hf_config(m.hf_path) if m.init == "hf" else {},
+        dtype=dtype,
+        overwrite=overwrite,
+        origin=f"step {chosen} of {workdir.name}",
+        run_config=run_config,
+    )
