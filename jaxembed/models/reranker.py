@@ -140,8 +140,10 @@ class Reranker:
         template: str = DEFAULT_PAIR_TEMPLATE,
         pooling: str = "mean",
         mesh: Mesh | None = None,
+        max_length: int | None = None,
     ) -> None:
         self.config = config
+        self.max_length = max_length  # the pair length it was trained with, if known
         self.tokenizer = tokenizer
         self.template = check_pair_template(template)
         self.mesh = mesh
@@ -187,6 +189,7 @@ class Reranker:
             template=template or own.get("template", DEFAULT_PAIR_TEMPLATE),
             pooling=own.get("pooling", "mean"),
             mesh=mesh,
+            max_length=own.get("max_length"),
         )
 
     def _pad_id(self) -> int:
