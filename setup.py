@@ -32,6 +32,10 @@ TEST = [
     "mteb>=2.0",
 ]
 
+# libtpu, for `jaxembed plan` (AOT compiles for TPU slices, on a CPU machine too) and for
+# training on Cloud TPU VMs. Pinned to the jax it was built with (jax 0.10.2 -> libtpu 0.0.42.*).
+TPU = ["jax[tpu]==0.10.2"]
+
 setup(
     name="jaxembed",
     version="0.1.0",
@@ -41,6 +45,6 @@ setup(
     packages=find_packages(include=["jaxembed", "jaxembed.*"]),
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"test": TEST},
+    extras_require={"test": TEST, "tpu": TPU},
     entry_points={"console_scripts": ["jaxembed=jaxembed.cli:main"]},
 )

@@ -57,12 +57,35 @@ def cmd_train(args: argparse.Namespace) -> None:
     from jaxembed.config import apply_overrides, default_config, load_config
     from jaxembed.train.loop import train
 
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     config = load_config(args.config) if args.config else default_config()
     apply_overrides(config, args.overrides)
+    distributed.initialize(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        timeout_s=args.init_timeout,
+        launcher=args.launcher,
+    )
     result = train(config, args.workdir)
     status = "stopped by SIGTERM at" if result.preempted else "finished at"
-    print(f"training {status} step {result.final_step}; workdir {args.workdir}")
+    if distributed.is_main_process():
+        print(f"training {status} step {result.final_step}; workdir {args.workdir}")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    import json
+
+    from jaxembed.config import apply_overrides, load_config
+    from jaxembed.io_utils import atomic_file
+    from jaxembed.plan import format_report, plan
+
+    config = load_config(args.config)
+    apply_overrides(config, args.overrides)
+    report = plan(config, args.topology, label=args.config)
+    print(format_report(report))
+    if args.json:
+        with atomic_file(args.json) as tmp:
+            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -330,7 +353,28 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
     tr.add_argument("--num-processes", type=int, default=None)
     tr.add_argument("--process-id", type=int, default=None)
+    tr.add_argument(
+        "--launcher",
+        choices=("auto", "explicit", "slurm", "tpu", "none"),
+        default="auto",
+        help="where multi-process settings come from (auto: flags, SLURM, TPU VM, else none)",
+    )
+    tr.add_argument(
+        "--init-timeout", type=int, default=300, help="seconds to wait for every process"
+    )
     tr.set_defaults(func=cmd_train)
+
+    pl = sub.add_parser(
+        "plan",
+        help="compile the train step for a TPU slice from a CPU: HBM per chip, fit, FLOPs, MFU",
+        description="Ahead-of-time compile of the real train step with abstract inputs (no "
+        "weights) for a TPU topology; needs the [tpu] extra (libtpu). Override any config key "
+        "with --config.KEY=VALUE.",
+    )
+    pl.add_argument("--config", required=True, help="configs/NAME.py[:VARIANT]")
+    pl.add_argument("--topology", required=True, help="e.g. v5p-128, v5p:4x4x4, v6e-8, v4-32")
+    pl.add_argument("--json", default=None, help="also write the report as JSON here")
+    pl.set_defaults(func=cmd_plan)
 
     ev = sub.add_parser(
         "eval",
@@ -466,9 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = [a[len("--config.") :] for a in argv if a.startswith("--config.")]
     parser = build_parser()
     args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
-    if overrides and args.command not in ("train", "export", "merge"):
+    if overrides and args.command not in ("train", "export", "merge", "plan"):
         print(
-            f"jaxembed {args.command}: error: --config.* is only for train, export and merge",
+            f"jaxembed {args.command}: error: --config.* is only for train, export, merge and plan",
             file=sys.stderr,
         )
         return 2

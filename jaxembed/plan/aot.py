@@ -1,0 +1,156 @@
+"""Ahead-of-time compilation of the real train step for a device set, with abstract inputs.
+
+Nothing is allocated and no weights are read: the state and the batch are ShapeDtypeStructs
+carrying the shardings training uses, and `jit(train_step).lower(...).compile()` runs the
+target's own compiler (XLA:TPU for compile-only TPU devices).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxembed.errors import UserInputError
+from jaxembed.models.llama import LlamaConfig, param_shapes
+from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
+from jaxembed.train.loop import model_config, step_settings
+from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
+from jaxembed.train.step import jit_train_step, make_train_step, state_shardings
+
+
+@dataclass
+class CompiledStep:
+    compiled: Any  # jax.stages.Compiled
+    state: Any  # abstract TrainState (ShapeDtypeStructs with shardings)
+    batch: dict[str, jax.ShapeDtypeStruct]
+    mesh_shape: tuple[int, ...]
+    model: LlamaConfig
+
+
+def planning_model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
+    """The architecture to plan for: the HF directory's config.json when one is given (no
+    weights read), else the dimensions in `config.model` (recipes carry their model's)."""
+    if config.model.init == "hf" and config.model.hf_path:
+        return model_config(config)
+    as_random = copy.deepcopy(config)
+    as_random.model.init = "random"
+    return model_config(as_random)
+
+
+def optimizer_from_config(
+    config: ml_collections.ConfigDict,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    # The same construction as jaxembed.train.loop.train: the optimizer state is planned too.
+    o, t = config.optimizer, config.train
+    schedule = learning_rate_schedule(
+        o.learning_rate, t.steps, o.warmup_steps, o.decay, o.end_factor
+    )
+    optimizer = make_optimizer(
+        schedule,
+        weight_decay=o.weight_decay,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        max_grad_norm=o.max_grad_norm,
+        accumulation_steps=o.accumulation_steps,
+    )
+    return optimizer, schedule
+
+
+def check_layout(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+    """Mesh, batch and GradCache chunking against the device count (the checks training makes
+    before compiling); returns the resolved mesh shape."""
+    m, d, gc = config.mesh, config.data, config.gradcache
+    shape = resolve_mesh_shape((m.data, m.fsdp, m.tensor), num_devices)
+    dp = shape[0] * shape[1]
+    if d.global_batch_size % dp:
+        raise UserInputError(
+            f"data.global_batch_size={d.global_batch_size} is not divisible by the data-parallel "
+            f"size {dp} (mesh.data x mesh.fsdp)"
+        )
+    if gc.enabled:
+        passages = d.global_batch_size * (1 + d.num_negatives)
+        rows = {
+            "gradcache.chunk_size": (gc.chunk_size, d.global_batch_size),
+            "gradcache.passage_chunk_size": (gc.passage_chunk_size or gc.chunk_size, passages),
+        }
+        for key, (chunk, total) in rows.items():
+            if chunk < 1 or total % chunk or chunk % dp:
+                raise UserInputError(
+                    f"{key}={chunk}: must divide {total} rows and be a multiple of the "
+                    f"data-parallel size {dp}"
+                )
+    return shape
+
+
+def abstract_batch(config: ml_collections.ConfigDict, mesh: Any) -> dict[str, Any]:
+    """The pipeline's batch at its longest bucket (keys as in jaxembed.data.pipeline)."""
+    d = config.data
+    b, g, lq, lp = (
+        d.global_batch_size,
+        1 + d.num_negatives,
+        d.query_max_length,
+        d.passage_max_length,
+    )
+    shapes = {
+        "query_input_ids": (b, lq),
+        "query_attention_mask": (b, lq),
+        "query_pool_mask": (b, lq),
+        "passage_input_ids": (b, g, lp),
+        "passage_attention_mask": (b, g, lp),
+        "passage_pool_mask": (b, g, lp),
+        "doc_ids": (b, g),
+    }
+    sharding = batch_sharding(mesh)
+    return {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=sharding) for k, s in shapes.items()}
+
+
+def abstract_state(
+    model: LlamaConfig, optimizer: optax.GradientTransformation, shardings: Any
+) -> Any:
+    """The TrainState as ShapeDtypeStructs carrying the training shardings."""
+    params = nn.meta.unbox(param_shapes(model))
+    shapes = jax.eval_shape(lambda p: create_state(p, optimizer, jax.random.PRNGKey(0)), params)
+    return jax.tree.map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        shapes,
+        shardings,
+    )
+
+
+def compile_train_step(
+    config: ml_collections.ConfigDict, devices: Sequence[Any], model: LlamaConfig | None = None
+) -> CompiledStep:
+    """Lower and compile `jit_train_step` exactly as training builds it, for `devices`."""
+    mesh_shape = check_layout(config, len(devices))
+    mesh = make_mesh(mesh_shape, devices)
+    model = planning_model_config(config) if model is None else model
+    optimizer, schedule = optimizer_from_config(config)
+    shardings = state_shardings(model, optimizer, mesh)
+    state = abstract_state(model, optimizer, shardings)
+    batch = abstract_batch(config, mesh)
+    step = jit_train_step(
+        make_train_step(model, optimizer, schedule, step_settings(config)), shardings, mesh
+    )
+    compiled = step.lower(state, batch).compile()
+    return CompiledStep(compiled, state, batch, mesh_shape, model)
+
+
+def per_device_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        size = 1
+        for dim in shard:
+            size *= dim
+        total += size * jnp.dtype(leaf.dtype).itemsize
+    return total
