@@ -13,46 +13,12 @@ from data_helpers.beir import write_beir
 from tiny_models import make_hf_model
 
 mteb = pytest.importorskip("mteb", reason="mteb (test extra)")
-datasets = pytest.importorskip("datasets", reason="datasets (installed with mteb)")
 
-from mteb.abstasks.retrieval import AbsTaskRetrieval  # noqa: E402
 from mteb.models.models_protocols import EncoderProtocol  # noqa: E402
-from mteb.tasks.retrieval.eng.sci_fact_retrieval import SciFact  # noqa: E402
+
+from data_helpers.mteb_task import local_task  # noqa: E402
 
 INSTRUCTION = "w7 w8 w9"
-
-
-def local_task(data, name="TinyLocal"):
-    """An mteb retrieval task (SciFact's metadata, renamed) over in-memory BEIR data."""
-
-    class LocalRetrieval(AbsTaskRetrieval):
-        ignore_identical_ids = True  # MTEB 1.x's default, and jaxembed's
-        metadata = SciFact.metadata.model_copy(
-            update={"name": name, "dataset": {"path": "local/tiny", "revision": "0"}}
-        )
-
-        def load_data(self, **kwargs):
-            docs = list(data.corpus.values())
-            corpus = datasets.Dataset.from_dict(
-                {
-                    "id": [d.id for d in docs],
-                    "title": [d.title for d in docs],
-                    "text": [d.text for d in docs],
-                }
-            )
-            queries = datasets.Dataset.from_dict(
-                {"id": list(data.queries), "text": list(data.queries.values())}
-            )
-            split = {
-                "corpus": corpus,
-                "queries": queries,
-                "relevant_docs": data.qrels,
-                "top_ranked": None,
-            }
-            self.dataset = {"default": {"test": split}}
-            self.data_loaded = True
-
-    return LocalRetrieval()
 
 
 @pytest.fixture(scope="module")
