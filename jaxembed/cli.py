@@ -117,15 +117,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         data = evaluate.load_eval_split(args.data, args.split)
         encoder = Encoder.from_pretrained(args.model, mesh=make_mesh(args.mesh), dtype=args.dtype)
-        run = evaluate.retrieve(
+        embeddings = evaluate.encode_split(
             encoder,
             data,
             args.instruction,
-            depth=args.depth,
+            all_queries=args.save_embeddings is not None,
             batch_size=args.batch_size,
             max_length=args.max_length,
             show_progress=not args.quiet,
         )
+        judged = [q for q in data.queries if q in data.qrels]
+        run = evaluate.search_run(embeddings, judged, depth=args.depth)
+        if args.save_embeddings:
+            evaluate.save_embeddings(args.save_embeddings, embeddings)
         scores = evaluate_run(data.qrels, run, ks)
         run_path = args.run_output or str(Path(args.output).with_suffix(".trec"))
         write_trec_run(run_path, run)
@@ -393,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", help="score this TREC run file instead of a model")
     ev.add_argument("--qrels", help="qrels TSV for --run (query-id, corpus-id, score)")
     ev.add_argument("--run-output", default=None, help="TREC run to write (default: OUTPUT.trec)")
+    ev.add_argument(
+        "--save-embeddings",
+        default=None,
+        metavar="DIR",
+        help="also write DIR/queries.npy and DIR/corpus.npy (all queries, file order)",
+    )
     ev.add_argument("--k", type=int, nargs="+", default=[1, 3, 5, 10, 20, 100, 1000])
     ev.add_argument("--output", required=True, help="metrics JSON, shaped like MTEB's results")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -60,9 +60,7 @@ def test_means_equal_pytrec_eval_with_ties_and_graded_qrels(seed):
 
 def test_per_query_values_equal_pytrec_eval():
     qrels, run = random_case(7, num_queries=15)
-    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "map_cut.100"}).evaluate(
-        run
-    )
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "map_cut.100"}).evaluate(run)
     for qid, theirs in per_query.items():
         ours = query_metrics(qrels[qid], ranked(run[qid]), (10, 100))
         assert ours["ndcg_at_10"] == pytest.approx(theirs["ndcg_cut_10"], abs=1e-12)
