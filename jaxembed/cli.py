@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             "model": args.model,
             "data": args.data,
             "instruction": args.instruction,
-            "max_length": args.max_length,
+            "max_length": args.max_length or encoder.max_length,
             "run": run_path,
         }
     result = evaluate.mteb_result(
@@ -335,7 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--output", required=True, help=".npy file of float32 embeddings")
     enc.add_argument("--instruction", default=None, help="query task; adds the Instruct prefix")
     enc.add_argument("--batch-size", type=int, default=32)
-    enc.add_argument("--max-length", type=int, default=512)
+    enc.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per text (default: the model's max_seq_length, else 512)",
+    )
     enc.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32)")
     enc.add_argument("--mesh", type=_parse_mesh, default=(-1, 1, 1), help="DATA,FSDP,TENSOR")
     enc.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -389,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="BEIR directory: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
     ev.add_argument("--split", default="test")
     ev.add_argument("--instruction", default=None, help="query task; adds the Instruct prefix")
-    ev.add_argument("--max-length", type=int, default=512)
+    ev.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per text (default: the model's max_seq_length, else 512)",
+    )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--depth", type=int, default=1000, help="documents retrieved per query")
     ev.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32)")

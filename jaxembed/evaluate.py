@@ -54,7 +54,7 @@ def encode_split(
     *,
     all_queries: bool = False,
     batch_size: int = 64,
-    max_length: int = 512,
+    max_length: int | None = None,
     show_progress: bool = False,
 ) -> SplitEmbeddings:
     """Documents as `title + " " + text`; the judged queries (or all) with the instruction."""

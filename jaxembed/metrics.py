@@ -64,9 +64,7 @@ def query_metrics(
 
 def scored_queries(qrels: Qrels, run: Run) -> list[str]:
     """The queries the averages are over (see the module docstring)."""
-    return [
-        qid for qid, rel in qrels.items() if qid in run and any(r > 0 for r in rel.values())
-    ]
+    return [qid for qid, rel in qrels.items() if qid in run and any(r > 0 for r in rel.values())]
 
 
 def missing_queries(qrels: Qrels, run: Run) -> list[str]:

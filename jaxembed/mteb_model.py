@@ -51,14 +51,14 @@ class MTEBModel:
         name: str = "jaxembed/local",
         instructions: Mapping[str, str] | None = TASK_INSTRUCTIONS,
         batch_size: int = 32,
-        max_length: int = 512,
+        max_length: int | None = None,
         show_progress: bool = False,
     ) -> None:
         self.encoder = encoder
         self.name = name
         self.instructions = dict(instructions or {})
         self.batch_size = batch_size
-        self.max_length = max_length
+        self.max_length = encoder.max_length if max_length is None else max_length
         self.show_progress = show_progress
 
     def instruction_for(self, task_name: str | None, prompt_type: Any) -> str | None:

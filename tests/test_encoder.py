@@ -124,3 +124,23 @@ def test_cli_encode_writes_embeddings(model_dir, tmp_path, capsys):
     got = np.load(out)
     assert got.dtype == np.float32 and np.abs(got - expected).max() < 1e-5
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_default_max_length_is_the_models_sentence_transformers_setting(model_dir, tmp_path):
+    import shutil
+
+    from jaxembed.errors import UserInputError
+
+    directory = tmp_path / "with_st"
+    shutil.copytree(model_dir[0], directory)
+    long_text = " ".join(WORDS[:30])
+    assert Encoder.from_pretrained(directory).max_length == 512
+    (directory / "sentence_bert_config.json").write_text('{"max_seq_length": 7}')
+    encoder = Encoder.from_pretrained(directory)
+    assert encoder.max_length == 7
+    default = encoder.encode([long_text], show_progress=False)
+    np.testing.assert_array_equal(default, encoder.encode([long_text], max_length=7))
+    assert not np.allclose(default, encoder.encode([long_text], max_length=30))
+    (directory / "sentence_bert_config.json").write_text('{"max_seq_length": "long"}')
+    with pytest.raises(UserInputError, match="sentence_bert_config.json: max_seq_length"):
+        Encoder.from_pretrained(directory)

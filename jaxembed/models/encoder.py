@@ -28,6 +28,7 @@ from jaxembed.prompts import format_query
 from jaxembed.sharding import batch_sharding, data_parallel_size, param_shardings, replicated
 
 MIN_BUCKET = 16
+DEFAULT_MAX_LENGTH = 512
 
 
 def bucket_lengths(max_length: int, per_doubling: int = 4) -> list[int]:
@@ -89,6 +90,23 @@ class PoolingSettings:
             raise UserInputError(f"pooling mode {self.mode!r} is not one of {POOLING_MODES}")
 
 
+def read_max_length(directory: str | Path) -> int:
+    """sentence-transformers' `max_seq_length` when the directory has one (what ST and MTEB
+    truncate to), else DEFAULT_MAX_LENGTH."""
+    path = Path(directory) / "sentence_bert_config.json"
+    if not path.is_file():
+        return DEFAULT_MAX_LENGTH
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise UserInputError(f"{path}: invalid JSON object ({e})") from e
+    if value is None:
+        return DEFAULT_MAX_LENGTH
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserInputError(f"{path}: max_seq_length {value!r} is not a positive integer")
+    return value
+
+
 def read_pooling_settings(directory: str | Path) -> PoolingSettings:
     """From config.json's "jaxembed" section, else sentence-transformers' modules, else mean."""
     directory = Path(directory)
@@ -144,11 +162,13 @@ class Encoder:
         tokenizer: Any,
         pooling: PoolingSettings = PoolingSettings(),
         mesh: Mesh | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.mesh = mesh
+        self.max_length = max_length  # encode's default truncation length
         self._param_shardings = None
         if mesh is not None:
             shapes = hf.architecture(config).param_shapes(config)
@@ -175,7 +195,8 @@ class Encoder:
         )
         tokenizer = hf.load_tokenizer(directory)
         params = hf.load_params(directory, config, mesh=mesh)
-        return cls(config, params, tokenizer, pooling or read_pooling_settings(directory), mesh)
+        pooling = pooling or read_pooling_settings(directory)
+        return cls(config, params, tokenizer, pooling, mesh, read_max_length(directory))
 
     def _compile_embed(self):
         embed_inputs = make_embed_fn(self.config, self.pooling.mode, self.pooling.normalize)
@@ -213,10 +234,12 @@ class Encoder:
         texts: Sequence[str],
         instruction: str | None = None,
         batch_size: int = 32,
-        max_length: int = 512,
+        max_length: int | None = None,
         show_progress: bool = True,
     ) -> np.ndarray:
-        """Embeddings [len(texts), hidden] (float32) in input order."""
+        """Embeddings [len(texts), hidden] (float32) in input order; texts are truncated to
+        `max_length` tokens (default: the model's, see `read_max_length`)."""
+        max_length = self.max_length if max_length is None else max_length
         if max_length < 1 or batch_size < 1:
             raise UserInputError(
                 f"batch_size={batch_size} and max_length={max_length} must be >= 1"
