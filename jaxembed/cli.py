@@ -263,31 +263,21 @@ def cmd_rerank(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from jaxembed.hf_export import export, load_run_config
 
-    if load_run_config(args.workdir, args.config, args.overrides).model.task == "reranker":
-        from jaxembed.reranker_export import export_reranker_run
-
-        out = export_reranker_run(
-            args.workdir,
-            args.output,
-            step=args.step,
-            dtype=args.dtype,
-            overwrite=args.overwrite,
-            config_spec=args.config,
-            overrides=args.overrides,
-        )
-        print(f"wrote Hugging Face reranker directory {out}")
-        return
-    out = export(
-        args.workdir,
-        args.output,
+    common = dict(
         step=args.step,
         dtype=args.dtype,
         overwrite=args.overwrite,
         config_spec=args.config,
         overrides=args.overrides,
-        max_shard_size=args.max_shard_size,
     )
-    print(f"wrote Hugging Face directory {out}")
+    if load_run_config(args.workdir, args.config, args.overrides).model.task == "reranker":
+        from jaxembed.reranker_export import export_reranker_run
+
+        out, kind = export_reranker_run(args.workdir, args.output, **common), "reranker "
+    else:
+        out = export(args.workdir, args.output, max_shard_size=args.max_shard_size, **common)
+        kind = ""
+    print(f"wrote Hugging Face {kind}directory {out}")
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
