@@ -90,6 +90,10 @@ def advice(report: PlanReport, config: Any) -> list[str]:
     return temp_tips + state_tips
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
 def _gib(n: float) -> str:
     return f"{n / GiB:.2f} GiB"
 
@@ -99,7 +103,7 @@ def format_report(r: PlanReport) -> str:
     lines = [
         f"plan: {r.config} on {r.topology} ({r.grid}, {r.chips} chips, "
         f"{_gib(r.hbm_per_chip)} HBM each)",
-        f"  model: {r.model_params / 1e9:.2f}B params; mesh {mesh}",
+        f"  model: {_count(r.model_params)} params; mesh {mesh}",
         "  HBM per chip:",
         f"    params             {_gib(r.params_bytes):>12}",
         f"    optimizer state    {_gib(r.optimizer_bytes):>12}",
