@@ -24,6 +24,7 @@ from jaxembed.data.records import Passage
 from jaxembed.errors import UserInputError
 from jaxembed.evaluate import evaluate_retrieval, retrieve
 from jaxembed.hf_export import export
+from jaxembed.io_utils import atomic_file
 from jaxembed.metrics import evaluate_run, ranked
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.llama import init_params
@@ -77,6 +78,7 @@ def demo_config(data_dir: Path, tokenizer_dir: Path, vocab_size: int, steps: int
 
 
 RERANK_TOP_K = 20
+RESULTS_NAME = "results.json"  # held-out nDCG/Recall before, after, and after reranking
 PAIR_TEMPLATE = "{query} | {passage}"  # short: the default's words are byte-level tokens here
 
 
@@ -200,5 +202,15 @@ def run_demo(
         label = f"retriever + reranker (top {RERANK_TOP_K})"
         print(f"{label:<30}{stage['reranked']['ndcg_at_10']:>10.4f}")
         out["rerank"] = stage
-    print(f"\nworkdir: {workdir}  (metrics: {workdir / 'run' / 'metrics.jsonl'})")
+    summary = {"retriever_before": before, "retriever_after": after}
+    if rerank_steps:
+        summary["retriever_top_k"] = out["rerank"]["retriever"]
+        summary["reranked"] = out["rerank"]["reranked"]
+    # The held-out figures as data, so CI (and users) can check them without parsing the table.
+    with atomic_file(workdir / RESULTS_NAME) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(
+        f"\nworkdir: {workdir}  (metrics: {workdir / 'run' / 'metrics.jsonl'}, "
+        f"held-out results: {workdir / RESULTS_NAME})"
+    )
     return out
