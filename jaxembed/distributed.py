@@ -17,6 +17,7 @@ collectives go through gloo.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -194,6 +195,10 @@ def initialize(
         raise UserInputError(f"{message}: {e}") from e
     finally:
         watchdog.cancel()
+    if jax.process_index() != 0:
+        # Process 0 speaks for the run; the others keep only errors (N copies of every
+        # warning on a pod say nothing more than one).
+        logging.getLogger("jaxembed").setLevel(logging.ERROR)
     return settings
 
 
