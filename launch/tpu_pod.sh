@@ -4,12 +4,13 @@
 # Each worker's process finds its peers in the VM metadata (`--launcher tpu`).
 #
 #   TPU_NAME=embed ZONE=us-east5-a ACCELERATOR_TYPE=v5p-128 RUNTIME_VERSION=v2-alpha-tpuv5 \
-#   launch/tpu_pod.sh configs/llama_embed_nemotron_8b.py:stage1 gs://bucket/runs/s1 \
+#   launch/tpu_pod.sh configs/llama_embed_nemotron_8b.py:stage1 /mnt/shared/runs/s1 \
 #       --config.model.hf_path=/mnt/models/Llama-3.1-8B --config.data.train_files=...
 #
 # Steps (each can be skipped): SKIP_CREATE=1, SKIP_INSTALL=1. Logs land in ./logs/TPU_NAME/.
 # Model and data paths must exist on every worker (a mounted disk, or copied by you);
-# the workdir should be a gs:// bucket or other storage all workers share.
+# the workdir must be storage all workers share (e.g. a Filestore or gcsfuse mount; checkpoints
+# and metrics use local-filesystem paths, so not a gs:// URL).
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
