@@ -22,7 +22,7 @@ from jaxembed.errors import UserInputError
 from jaxembed.models.llama import LlamaConfig, param_shapes
 from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
 from jaxembed.train.loop import model_config, step_settings
-from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
+from jaxembed.train.state import create_state, optimizer_from_config
 from jaxembed.train.step import jit_train_step, make_train_step, state_shardings
 
 
@@ -43,26 +43,6 @@ def planning_model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
     as_random = copy.deepcopy(config)
     as_random.model.init = "random"
     return model_config(as_random)
-
-
-def optimizer_from_config(
-    config: ml_collections.ConfigDict,
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    # The same construction as jaxembed.train.loop.train: the optimizer state is planned too.
-    o, t = config.optimizer, config.train
-    schedule = learning_rate_schedule(
-        o.learning_rate, t.steps, o.warmup_steps, o.decay, o.end_factor
-    )
-    optimizer = make_optimizer(
-        schedule,
-        weight_decay=o.weight_decay,
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        max_grad_norm=o.max_grad_norm,
-        accumulation_steps=o.accumulation_steps,
-    )
-    return optimizer, schedule
 
 
 def check_layout(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:

@@ -35,7 +35,7 @@ from jaxembed.models.reranker import init_reranker_params, load_reranker_params,
 from jaxembed.progress import progress_bar
 from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
 from jaxembed.train.metrics_log import MetricsLog
-from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
+from jaxembed.train.state import create_state, optimizer_from_config
 from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
 
 log = logging.getLogger(__name__)
@@ -284,19 +284,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         {k: config.data[k] for k in PIPELINE_KEYS} | {"seed": config.seed} | pair
     )
 
-    o, t = config.optimizer, config.train
-    schedule = learning_rate_schedule(
-        o.learning_rate, t.steps, o.warmup_steps, o.decay, o.end_factor
-    )
-    optimizer = make_optimizer(
-        schedule,
-        weight_decay=o.weight_decay,
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        max_grad_norm=o.max_grad_norm,
-        accumulation_steps=o.accumulation_steps,
-    )
+    optimizer, schedule = optimizer_from_config(config)
+    t = config.train
     shardings = state_shardings(mcfg, optimizer, mesh, config.model.task)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
     latest = checkpointer.latest_step()
