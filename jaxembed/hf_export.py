@@ -330,6 +330,8 @@ def load_run_config(
     from jaxembed.config import apply_overrides, check_schema, default_config, load_config
 
     workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise UserInputError(f"{workdir}: workdir does not exist")
     saved = workdir / RUN_CONFIG_NAME
     if config_spec or overrides:
         config = load_config(config_spec) if config_spec else default_config()

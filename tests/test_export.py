@@ -224,9 +224,15 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(run, tmp_path, caps
     workdir, flags, _ = run
     out = tmp_path / "out"
     base = ["export", "--workdir", str(workdir), "--output", str(out)]
+    # A workdir from before training saved its config (or with it deleted).
+    bare = tmp_path / "bare_workdir"
+    shutil.copytree(workdir / "checkpoints", bare / "checkpoints")
     cases = [
         (base + ["--step", "7", *flags], "no checkpoint for step 7 (available: 1, 2)"),
-        (base, f"{workdir}: no config.json; pass the training run's --config"),
+        (
+            ["export", "--workdir", str(bare), "--output", str(out)],
+            f"{bare}: no config.json; pass the training run's --config",
+        ),
         (
             base + [*flags, "--config.model.hidden_size=32"],
             "param embed_tokens.embedding has shape (512, 64), but the training config gives "
