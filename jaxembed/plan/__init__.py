@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from typing import Any
 
 import ml_collections
 
@@ -73,13 +74,7 @@ def plan(
         + memory.generated_code_size_in_bytes
     )
     report = PlanReport(
-        config=label,
-        topology=topology.accelerator_type,
-        grid=topology.grid_name,
-        chips=topology.num_chips,
-        mesh=dict(zip(MESH_AXES, mesh_shape, strict=True)),
-        model_params=model.num_params(),
-        hbm_per_chip=topology.chip.hbm_bytes,
+        **_describe(config, label, topology, model, mesh_shape),
         params_bytes=per_device_bytes(step.state.params),
         optimizer_bytes=per_device_bytes(step.state.opt_state),
         batch_bytes=per_device_bytes(step.batch),
@@ -87,8 +82,6 @@ def plan(
         code_bytes=memory.generated_code_size_in_bytes,
         total_bytes=total,
         fits=total <= topology.chip.hbm_bytes,
-        model_flops_per_step=model_flops_per_step(config, model),
-        peak_flops_per_chip=topology.chip.peak_bf16_flops,
         compiler_flops_per_chip=cost.flops,
         cost_model_seconds=cost.seconds,
         compile_seconds=compile_seconds,
@@ -96,6 +89,21 @@ def plan(
     if not report.fits:
         report.advice = advice(report, config)
     return report
+
+
+def _describe(config, label, topology, model, mesh_shape) -> dict[str, Any]:
+    """The report fields that do not depend on whether XLA compiled the step."""
+    return dict(
+        config=label,
+        topology=topology.accelerator_type,
+        grid=topology.grid_name,
+        chips=topology.num_chips,
+        mesh=dict(zip(MESH_AXES, mesh_shape, strict=True)),
+        model_params=model.num_params(),
+        hbm_per_chip=topology.chip.hbm_bytes,
+        model_flops_per_step=model_flops_per_step(config, model),
+        peak_flops_per_chip=topology.chip.peak_bf16_flops,
+    )
 
 
 def _refused(config, label, topology, devices, model, mesh_shape, error, started) -> PlanReport:
@@ -109,13 +117,7 @@ def _refused(config, label, topology, devices, model, mesh_shape, error, started
     temps = _temporaries(str(error))
     message = " ".join(str(error).split())
     report = PlanReport(
-        config=label,
-        topology=topology.accelerator_type,
-        grid=topology.grid_name,
-        chips=topology.num_chips,
-        mesh=dict(zip(MESH_AXES, mesh_shape, strict=True)),
-        model_params=model.num_params(),
-        hbm_per_chip=topology.chip.hbm_bytes,
+        **_describe(config, label, topology, model, mesh_shape),
         params_bytes=params,
         optimizer_bytes=opt,
         batch_bytes=batch,
@@ -123,8 +125,6 @@ def _refused(config, label, topology, devices, model, mesh_shape, error, started
         code_bytes=0,
         total_bytes=params + opt + batch + temps,
         fits=False,
-        model_flops_per_step=model_flops_per_step(config, model),
-        peak_flops_per_chip=topology.chip.peak_bf16_flops,
         compile_seconds=time.perf_counter() - started,
         compiler_error=message[:300],
     )
