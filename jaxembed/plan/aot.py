@@ -19,7 +19,8 @@ import ml_collections
 import optax
 
 from jaxembed.errors import UserInputError
-from jaxembed.models.llama import LlamaConfig, param_shapes
+from jaxembed.models.llama import LlamaConfig, adapter_shapes, param_shapes
+from jaxembed.models.reranker import pruned_config, reranker_param_shapes
 from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
 from jaxembed.train.loop import model_config, step_settings
 from jaxembed.train.state import create_state, optimizer_from_config
@@ -42,7 +43,9 @@ def planning_model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
         return model_config(config)
     as_random = copy.deepcopy(config)
     as_random.model.init = "random"
-    return model_config(as_random)
+    model = model_config(as_random)
+    # Pruning happens at import; without the checkpoint, the config's depth is the unpruned one.
+    return pruned_config(model, config.model.prune_layers)
 
 
 def check_layout(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
@@ -80,6 +83,10 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh: Any) -> dict[str, An
         d.query_max_length,
         d.passage_max_length,
     )
+    sharding = batch_sharding(mesh)
+    if config.model.task == "reranker":
+        shapes = {"pair_input_ids": (b, g, lp), "pair_attention_mask": (b, g, lp)}
+        return {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=sharding) for k, s in shapes.items()}
     shapes = {
         "query_input_ids": (b, lq),
         "query_attention_mask": (b, lq),
@@ -89,16 +96,22 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh: Any) -> dict[str, An
         "passage_pool_mask": (b, g, lp),
         "doc_ids": (b, g),
     }
-    sharding = batch_sharding(mesh)
     return {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=sharding) for k, s in shapes.items()}
 
 
 def abstract_state(
-    model: LlamaConfig, optimizer: optax.GradientTransformation, shardings: Any
+    model: LlamaConfig,
+    optimizer: optax.GradientTransformation,
+    shardings: Any,
+    task: str = "embedding",
 ) -> Any:
     """The TrainState as ShapeDtypeStructs carrying the training shardings."""
-    params = nn.meta.unbox(param_shapes(model))
-    shapes = jax.eval_shape(lambda p: create_state(p, optimizer, jax.random.PRNGKey(0)), params)
+    boxed = reranker_param_shapes(model) if task == "reranker" else param_shapes(model)
+    params = nn.meta.unbox(boxed)
+    adapters = nn.meta.unbox(adapter_shapes(model)) if model.lora is not None else None
+    shapes = jax.eval_shape(
+        lambda p, a: create_state(p, optimizer, jax.random.PRNGKey(0), a), params, adapters
+    )
     return jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
         shapes,
@@ -114,8 +127,9 @@ def compile_train_step(
     mesh = make_mesh(mesh_shape, devices)
     model = planning_model_config(config) if model is None else model
     optimizer, schedule = optimizer_from_config(config)
-    shardings = state_shardings(model, optimizer, mesh)
-    state = abstract_state(model, optimizer, shardings)
+    task = config.model.task
+    shardings = state_shardings(model, optimizer, mesh, task)
+    state = abstract_state(model, optimizer, shardings, task)
     batch = abstract_batch(config, mesh)
     step = jit_train_step(
         make_train_step(model, optimizer, schedule, step_settings(config)), shardings, mesh

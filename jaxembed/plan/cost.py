@@ -68,11 +68,13 @@ def step_cost(real: Any, no_layers: Any, repeats: float) -> StepCost:
 
 
 def model_flops_per_step(config: ml_collections.ConfigDict, model: LlamaConfig) -> float:
-    """Model FLOPs of one step (6N per token plus attention, PaLM's count; no recomputation)."""
+    """Model FLOPs of one step (6N per token plus attention, PaLM's count; no recomputation;
+    with LoRA 4N, as frozen weights get no weight gradient)."""
     from jaxembed.train.loop import model_flops_per_token
 
     d = config.data
     b, g = d.global_batch_size, 1 + d.num_negatives
-    q = b * d.query_max_length * model_flops_per_token(model, d.query_max_length)
     p = b * g * d.passage_max_length * model_flops_per_token(model, d.passage_max_length)
-    return q + p
+    if config.model.task == "reranker":  # one joined pair per passage, no query tower
+        return p
+    return b * d.query_max_length * model_flops_per_token(model, d.query_max_length) + p

@@ -12,6 +12,7 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from jaxembed.evaluate import evaluate_retrieval
 from jaxembed.io_utils import atomic_file
 from jaxembed.losses import CONTRASTIVE_VARIANTS, RANKING_LOSSES
 from jaxembed.models.encoder import Encoder, PoolingSettings
-from jaxembed.models.llama import LlamaConfig, init_params
+from jaxembed.models.llama import LlamaConfig, adapter_shapes, init_adapters, init_params
+from jaxembed.models.lora import LoraConfig, merge_adapters
 from jaxembed.models.pooling import POOLING_MODES
 from jaxembed.models.reranker import init_reranker_params, load_reranker_params, pruned_config
 from jaxembed.progress import progress_bar
@@ -53,9 +55,29 @@ PIPELINE_KEYS = (
 )
 
 
+def lora_config(config: ml_collections.ConfigDict) -> LoraConfig | None:
+    """The run's LoRA settings (None: full fine-tuning); bad values name their key."""
+    lora = config.lora
+    if lora.rank == 0:
+        return None
+    if lora.rank < 0:
+        raise UserInputError(f"lora.rank={lora.rank}: must be >= 0 (0 = no LoRA)")
+    if not lora.alpha > 0:
+        raise UserInputError(f"lora.alpha={lora.alpha}: must be > 0")
+    try:
+        return LoraConfig(lora.rank, float(lora.alpha), float(lora.dropout), lora.targets)
+    except ValueError as e:
+        raise UserInputError(f"lora: {e}") from e
+
+
 def model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
     m = config.model
-    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy)
+    overrides = dict(
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        remat_policy=m.remat_policy,
+        lora=lora_config(config),
+    )
     if m.init == "hf":
         config = hf.llama_config_from_hf(
             hf.read_hf_config(m.hf_path), str(Path(m.hf_path) / "config.json"), **overrides
@@ -98,6 +120,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise UserInputError("model.prune_layers needs model.init='hf' (set num_layers instead)")
     if m.task == "reranker":
         _validate_reranker(config)
+    _validate_lora(config)
     if m.pooling not in POOLING_MODES:
         raise UserInputError(f"model.pooling={m.pooling!r}: expected one of {POOLING_MODES}")
     if loss.variant not in CONTRASTIVE_VARIANTS:
@@ -139,6 +162,29 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             raise UserInputError("train.eval_every is single-process only for now; set it to 0")
     if config.train.steps < 1:
         raise UserInputError(f"train.steps={config.train.steps}: must be >= 1")
+
+
+def _validate_lora(config: ml_collections.ConfigDict) -> None:
+    settings = lora_config(config)
+    if settings is None:
+        return
+    if config.model.init != "hf":
+        log.warning("LoRA on a randomly initialized model trains adapters on random weights")
+    # The targets must match something: a typo would otherwise train nothing at all.
+    shape_config = LlamaConfig(
+        vocab_size=8,
+        hidden_size=8,
+        intermediate_size=8,
+        num_layers=1,
+        num_heads=1,
+        num_kv_heads=1,
+        lora=settings,
+    )
+    if not jax.tree.leaves(adapter_shapes(shape_config)):
+        raise UserInputError(
+            f"lora.targets={settings.targets!r} matches no projection; projections are "
+            "layers/self_attn/{q,k,v,o}_proj and layers/mlp/{gate,up,down}_proj"
+        )
 
 
 def _validate_reranker(config: ml_collections.ConfigDict) -> None:
@@ -184,10 +230,23 @@ def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
 
 
 def model_flops_per_token(config: LlamaConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x non-embedding params + attention scores (PaLM's count)."""
+    """Training FLOPs per token: 6 x non-embedding params + attention scores (PaLM's count);
+    4 x with LoRA, whose frozen weights need no weight gradient (adapters are negligible)."""
     non_embedding = config.num_params() - config.vocab_size * config.hidden_size
     attention = 12 * config.num_layers * config.num_heads * config.resolved_head_dim * seq_len
-    return 6 * non_embedding + attention
+    return (6 if config.lora is None else 4) * non_embedding + attention
+
+
+def merged_params(state: Any, mcfg: LlamaConfig) -> Any:
+    """The model the state stands for: its params, with LoRA adapters merged in."""
+    if state.adapters is None:
+        return state.params
+    return _merge_on_device(state.params, state.adapters, mcfg.lora.scale)
+
+
+@partial(jax.jit, static_argnums=2)
+def _merge_on_device(params: Any, adapters: Any, scale: float) -> Any:
+    return merge_adapters(params, adapters, scale)
 
 
 @dataclass
@@ -196,7 +255,7 @@ class TrainResult:
     final_step: int
     history: list[dict[str, float]] = field(default_factory=list)
     preempted: bool = False
-    params: Any = None  # the final params (sharded as in training)
+    params: Any = None  # the final params (sharded as in training; LoRA merged in)
 
 
 class _Preemption:
@@ -290,7 +349,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
     latest = checkpointer.latest_step()
     init_state = jax.jit(
-        lambda params, rng: create_state(params, optimizer, rng), out_shardings=shardings
+        lambda params, rng, adapters: create_state(params, optimizer, rng, adapters),
+        out_shardings=shardings,
     )
     rng = jax.random.PRNGKey(config.seed)
     if reranker and config.model.init == "hf":
@@ -305,7 +365,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         params = hf.load_params(config.model.hf_path, mcfg, shardings=shardings.params)
     else:
         params = jax.jit(lambda r: init_params(mcfg, r), out_shardings=shardings.params)(rng)
-    state = init_state(params, jax.random.fold_in(rng, 1))
+    adapters = None
+    if mcfg.lora is not None:
+        adapters = jax.jit(lambda r: init_adapters(mcfg, r), out_shardings=shardings.adapters)(
+            jax.random.fold_in(rng, 3)
+        )
+    state = init_state(params, jax.random.fold_in(rng, 1), adapters)
     data_state = None
     if latest is not None:
         state, saved = checkpointer.restore(latest, state)
@@ -364,7 +429,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
                         achieved = record["tokens_per_second"] * flops_per_token
                         record["mfu"] = achieved / (config.train.peak_flops * jax.device_count())
                     if evaluate_now:
-                        record.update(evaluator(state.params))
+                        record.update(evaluator(merged_params(state, mcfg)))
                     history.append(record)
                     metrics_log.write(record)
                     progress.set_postfix(
@@ -385,4 +450,4 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     finally:
         checkpointer.close()
         metrics_log.close()
-    return TrainResult(workdir, int(state.step), history, preempted, state.params)
+    return TrainResult(workdir, int(state.step), history, preempted, merged_params(state, mcfg))

@@ -11,16 +11,44 @@ import ml_collections
 import optax
 
 from jaxembed.errors import UserInputError
+from jaxembed.models.lora import ADAPTER_A, ADAPTER_B
 
 DECAYED_LEAVES = ("kernel", "embedding")
+DECAYED_SUFFIXES = (ADAPTER_A, ADAPTER_B)
 
 
 @flax.struct.dataclass
 class TrainState:
+    """`params` is the whole model. With LoRA, `adapters` holds the adapters and the
+    optimizer state covers only what is trained (see `trainable`); `params` stays frozen
+    except a reranker's score head."""
+
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
+    adapters: Any = None
+
+
+def trainable(params: Any, adapters: Any) -> Any:
+    """What the optimizer updates: all params, or with LoRA the adapters (plus a reranker's
+    score head, which starts untrained and so must learn)."""
+    if adapters is None:
+        return params
+    out = {"adapters": adapters}
+    if "score" in params:
+        out["score"] = params["score"]
+    return out
+
+
+def with_trainable(state: TrainState, values: Any) -> TrainState:
+    """`state` with its trainable part (as `trainable` lays it out) replaced by `values`."""
+    if state.adapters is None:
+        return state.replace(params=values)
+    params = state.params
+    if "score" in values:
+        params = {**params, "score": values["score"]}
+    return state.replace(params=params, adapters=values["adapters"])
 
 
 def learning_rate_schedule(
@@ -49,12 +77,13 @@ def learning_rate_schedule(
 
 
 def weight_decay_mask(params: Any) -> Any:
-    """True for matrices (kernels, embeddings); norms and biases are never decayed."""
+    """True for matrices (kernels, embeddings, LoRA factors); norms and biases are never
+    decayed."""
 
     def decayed(path: tuple[Any, ...], _: Any) -> bool:
         last = path[-1]
         name = getattr(last, "key", getattr(last, "name", str(last)))
-        return name in DECAYED_LEAVES
+        return name in DECAYED_LEAVES or str(name).endswith(DECAYED_SUFFIXES)
 
     return jax.tree_util.tree_map_with_path(decayed, params)
 
@@ -85,10 +114,14 @@ def make_optimizer(
 
 
 def create_state(
-    params: Any, optimizer: optax.GradientTransformation, rng: jax.Array
+    params: Any, optimizer: optax.GradientTransformation, rng: jax.Array, adapters: Any = None
 ) -> TrainState:
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(trainable(params, adapters)),
+        rng=rng,
+        adapters=adapters,
     )
 
 

@@ -26,10 +26,10 @@ from jax.sharding import Mesh, NamedSharding
 from jaxembed.gradcache import gradcache_value_and_grad
 from jaxembed.losses import contrastive_loss, ranking_loss
 from jaxembed.models.encoder import make_embed_fn
-from jaxembed.models.llama import LlamaConfig, param_shapes
+from jaxembed.models.llama import LlamaConfig, adapter_shapes, param_shapes
 from jaxembed.models.reranker import make_score_fn, reranker_param_shapes
 from jaxembed.sharding import batch_sharding, param_shardings, replicated
-from jaxembed.train.state import TrainState
+from jaxembed.train.state import TrainState, trainable, with_trainable
 
 Batch = dict[str, jax.Array]
 
@@ -76,6 +76,12 @@ def make_train_step(
         passages = _side(batch, "passage", settings.exclude_instruction)
         batch_size = batch["query_input_ids"].shape[0]
         doc_ids = batch.get("doc_ids") if settings.mask_duplicates else None
+        dropout_rng = _dropout_rng(config, state)
+        if dropout_rng is not None:
+            # Global row numbers key the dropout masks, so GradCache chunks see the same ones.
+            num_passages = passages["input_ids"].shape[0]
+            queries["row_ids"] = jnp.arange(batch_size, dtype=jnp.int32)
+            passages["row_ids"] = batch_size + jnp.arange(num_passages, dtype=jnp.int32)
 
         def loss_fn(q: jax.Array, p: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
             return contrastive_loss(
@@ -87,11 +93,17 @@ def make_train_step(
                 false_negative_margin=settings.false_negative_margin,
             )
 
+        def embed_trainable(values: Any, inputs: Batch) -> jax.Array:
+            if state.adapters is None:
+                return embed(values, inputs)
+            return embed(state.params, inputs, values["adapters"], dropout_rng)
+
+        values = trainable(state.params, state.adapters)
         if settings.gradcache_chunk:
             (loss, metrics), grads = gradcache_value_and_grad(
-                embed,
+                embed_trainable,
                 loss_fn,
-                state.params,
+                values,
                 queries,
                 passages,
                 chunk_size=settings.gradcache_chunk,
@@ -99,23 +111,23 @@ def make_train_step(
             )
         else:
 
-            def direct(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-                return loss_fn(embed(params, queries), embed(params, passages))
+            def direct(values: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+                return loss_fn(embed_trainable(values, queries), embed_trainable(values, passages))
 
-            (loss, metrics), grads = jax.value_and_grad(direct, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics)
-        metrics.update(
-            loss=loss,
-            grad_norm=optax.tree.norm(grads),
-            learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
-            tokens=jnp.sum(queries["attention_mask"]) + jnp.sum(passages["attention_mask"]),
-        )
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, metrics
+            (loss, metrics), grads = jax.value_and_grad(direct, has_aux=True)(values)
+        tokens = jnp.sum(queries["attention_mask"]) + jnp.sum(passages["attention_mask"])
+        metrics = dict(metrics, loss=loss, tokens=tokens)
+        return _apply_gradients(state, grads, optimizer, schedule, metrics)
 
     return train_step
+
+
+def _dropout_rng(config: LlamaConfig, state: TrainState) -> jax.Array | None:
+    """This step's LoRA dropout key (None when there is no dropout to draw)."""
+    lora = getattr(config, "lora", None)
+    if state.adapters is None or lora is None or not lora.dropout:
+        return None
+    return jax.random.fold_in(state.rng, state.step)
 
 
 def _apply_gradients(
@@ -125,14 +137,15 @@ def _apply_gradients(
     schedule: optax.Schedule,
     metrics: dict[str, jax.Array],
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    values = trainable(state.params, state.adapters)
+    updates, opt_state = optimizer.update(grads, state.opt_state, values)
+    new_values = optax.apply_updates(values, updates)
     metrics = dict(metrics)
     metrics.update(
         grad_norm=optax.tree.norm(grads),
         learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
     )
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = with_trainable(state, new_values).replace(step=state.step + 1, opt_state=opt_state)
     return new_state, metrics
 
 
@@ -151,14 +164,24 @@ def _make_reranker_step(
             "input_ids": ids.reshape(-1, ids.shape[-1]),
             "attention_mask": mask.reshape(-1, mask.shape[-1]),
         }
+        dropout_rng = _dropout_rng(config, state)
+        if dropout_rng is not None:
+            pairs["row_ids"] = jnp.arange(batch_size * group, dtype=jnp.int32)
 
-        def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-            scores = score(params, pairs).reshape(batch_size, group)
+        def loss_fn(values: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+            if state.adapters is None:
+                scores = score(values, pairs)
+            else:
+                params = {**state.params, "score": values["score"]}
+                scores = score(params, pairs, values["adapters"], dropout_rng)
             return ranking_loss(
-                scores, kind=settings.ranking, temperature=settings.ranking_temperature
+                scores.reshape(batch_size, group),
+                kind=settings.ranking,
+                temperature=settings.ranking_temperature,
             )
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        values = trainable(state.params, state.adapters)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(values)
         metrics = dict(metrics, loss=loss, tokens=jnp.sum(mask))
         return _apply_gradients(state, grads, optimizer, schedule, metrics)
 
@@ -171,19 +194,29 @@ def state_shardings(
     mesh: Mesh,
     task: str = "embedding",
 ) -> TrainState:
-    """Params and their optimizer moments share the params' FSDP/tensor layout."""
+    """Params, LoRA adapters (when `config.lora` is set) and the optimizer moments of what is
+    trained share the FSDP/tensor layout of what they belong to."""
     boxed = reranker_param_shapes(config) if task == "reranker" else param_shapes(config)
     params = param_shardings(boxed, mesh)
-    abstract_opt = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed))
+    boxed_adapters = adapter_shapes(config) if getattr(config, "lora", None) else None
+    adapters = None if boxed_adapters is None else param_shardings(boxed_adapters, mesh)
+    abstract = trainable(nn.meta.unbox(boxed), nn.meta.unbox(boxed_adapters))
+    abstract_opt = jax.eval_shape(optimizer.init, abstract)
     opt = optax.tree_map_params(
         optimizer,
         lambda _, sharding: sharding,
         abstract_opt,
-        params,
+        trainable(params, adapters),
         transform_non_params=lambda _: replicated(mesh),
         is_leaf=lambda x: isinstance(x, NamedSharding),
     )
-    return TrainState(step=replicated(mesh), params=params, opt_state=opt, rng=replicated(mesh))
+    return TrainState(
+        step=replicated(mesh),
+        params=params,
+        opt_state=opt,
+        rng=replicated(mesh),
+        adapters=adapters,
+    )
 
 
 def jit_train_step(
