@@ -74,6 +74,12 @@ def test_recipe_configs_match_the_papers():
     assert (r2.loss.variant, r2.data.num_negatives) == ("hn_only", 5)
     assert (r1.data.query_max_length, r1.data.passage_max_length) == (192, 512)
     assert r1.model.exclude_instruction
+    for c in (r1, r2):
+        assert (c.lora.rank, c.lora.alpha) == (16, 32.0)
+        assert (c.model.num_layers, c.model.hidden_size) == (32, 4096)  # Mistral-7B
+    reranker = load_config(str(CONFIGS / "nv_rerankqa_mistral_4b.py"))
+    assert reranker.model.prune_layers == 16 and reranker.model.num_layers == 32
+    assert reranker.lora.rank == 0  # the whole pruned model is trained
 
 
 def test_config_file_errors(tmp_path):
