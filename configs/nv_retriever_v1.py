@@ -8,9 +8,10 @@ choices where it gives no number: LoRA dropout 0.1 on every attention and MLP pr
 batch 128, lr 1e-5. The frozen base is kept in bfloat16 (Mistral's own weights are bf16, and
 nothing updates them); the adapters and their AdamW moments are float32.
 
-Fit (`jaxembed plan --config configs/nv_retriever_v1.py:stage1 --topology v5p-8`): both
-stages fit a v5p-8 (4 chips) with FSDP over every chip, full remat and GradCache; the README
-records the per-chip HBM. `--config.lora.rank=0` fine-tunes every weight instead.
+Fit (`jaxembed plan --config configs/nv_retriever_v1.py:stage1 --topology v5e-4`): with FSDP
+over every chip, full remat and GradCache, stage 1 fits the smallest v5e slice (4 chips, 13.5
+of 16 GiB per chip) and both stages a v5p-8 (12.0 of 95 GiB); the README records the per-chip
+HBM. `--config.lora.rank=0` fine-tunes every weight instead (v5p-8: 55 GiB per chip).
 """
 
 from jaxembed.config import MISTRAL_7B, bidirectional_llm_config, select_variant

@@ -17,7 +17,12 @@ from jaxembed.models.encoder import make_embed_fn
 from jaxembed.models.llama import LlamaConfig, LlamaModel
 from jaxembed.models.lora import LoraConfig, merge_adapters
 from jaxembed.sharding import make_mesh
-from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
+from jaxembed.train.state import (
+    create_state,
+    learning_rate_schedule,
+    make_optimizer,
+    weight_decay_mask,
+)
 from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
 
 BASE = LlamaConfig(
@@ -97,6 +102,8 @@ def test_targets_choose_the_projections():
     ]
     assert adapters["layers"]["self_attn"]["q_proj_lora_a"].shape == (2, 32, 4)
     assert adapters["layers"]["self_attn"]["v_proj_lora_b"].shape == (2, 4, 2, 8)
+    # AdamW decays the factors like any weight matrix (as PEFT under HF's Trainer does).
+    assert all(jax.tree.leaves(weight_decay_mask(adapters)))
 
 
 def test_dropout_masks_belong_to_rows_not_batches():

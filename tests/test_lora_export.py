@@ -6,7 +6,9 @@ are one clear error."""
 from __future__ import annotations
 
 import json
+import shutil
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -77,6 +79,21 @@ def test_checkpoint_keeps_the_base_and_trains_the_adapters(run):
     np.testing.assert_array_equal(ours.reshape(q.shape[1], -1).T, q)
     b = np.asarray(state["adapters"]["layers"]["mlp"]["down_proj_lora_b"])
     assert np.abs(b).max() > 0  # B starts at zero: training moved it
+
+
+def test_a_lora_run_resumes_from_its_checkpoint(run, tmp_path):
+    workdir = tmp_path / "workdir"
+    shutil.copytree(run["workdir"], workdir)
+    flags = [*run["flags"], f"--config.train.steps={STEPS + 1}"]
+    assert main(["train", "--workdir", str(workdir), *flags]) == 0
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records][-1] == STEPS + 1
+    before, after = _checkpoint(workdir, STEPS), _checkpoint(workdir, STEPS + 1)
+    frozen = zip(jax.tree.leaves(before["params"]), jax.tree.leaves(after["params"]), strict=True)
+    for x, y in frozen:
+        np.testing.assert_array_equal(x, y)
+    b_before = before["adapters"]["layers"]["mlp"]["up_proj_lora_b"]
+    assert np.abs(after["adapters"]["layers"]["mlp"]["up_proj_lora_b"] - b_before).max() > 0
 
 
 def test_merged_export_is_the_base_plus_the_low_rank_update(run):

@@ -192,3 +192,21 @@ def test_bad_input(topology, overrides, message, capsys):
     assert main(["plan", "--config", TINY, "--topology", topology, *overrides]) == 2
     err = capsys.readouterr().err
     assert err.startswith("jaxembed plan: error: ") and message in err, err
+
+
+def test_an_implausible_cost_model_time_gives_no_mfu():
+    from jaxembed.plan import PlanReport, format_report
+
+    fields = dict(
+        config="c", topology="v5litepod-4", grid="v5e:2x2", chips=4, mesh={"data": 4},
+        model_params=1, hbm_per_chip=16 * GiB, params_bytes=1, optimizer_bytes=1, batch_bytes=1,
+        temp_bytes=1, code_bytes=1, total_bytes=5, fits=True, model_flops_per_step=4e15,
+        peak_flops_per_chip=197e12, compiler_flops_per_chip=2e15,
+    )  # fmt: skip
+    sane = PlanReport(**fields, cost_model_seconds=20.0)  # 1e14 FLOP/s per chip
+    assert sane.mfu == pytest.approx(4e15 / (4 * 197e12 * 20.0))
+    assert "MFU" in format_report(sane)
+    # libtpu's v5e estimate: 2e15 FLOPs in 1.4 ms would be 7000x the chip's peak.
+    absurd = PlanReport(**fields, cost_model_seconds=0.0014)
+    assert absurd.mfu is None and absurd.to_dict()["mfu"] is None
+    assert "not an estimate (no MFU)" in format_report(absurd)

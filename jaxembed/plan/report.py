@@ -33,8 +33,17 @@ class PlanReport:
     advice: list[str] = field(default_factory=list)
 
     @property
+    def cost_model_plausible(self) -> bool:
+        """False when the cost-model time would run the compiler's own FLOPs faster than the
+        chip's peak (libtpu 0.0.42's estimate for v5e is such a time), i.e. is no estimate."""
+        if not self.cost_model_seconds or not self.compiler_flops_per_chip:
+            return False
+        rate = self.compiler_flops_per_chip / self.cost_model_seconds
+        return rate <= self.peak_flops_per_chip
+
+    @property
     def mfu(self) -> float | None:
-        if not self.cost_model_seconds:
+        if not self.cost_model_plausible:
             return None
         peak = self.chips * self.peak_flops_per_chip * self.cost_model_seconds
         return self.model_flops_per_step / peak
@@ -116,13 +125,22 @@ def format_report(r: PlanReport) -> str:
     if r.compiler_error:
         lines.append(f"  compiler: {r.compiler_error}")
     lines.append(f"  model FLOPs per step: {r.model_flops_per_step:.4g}")
-    if r.cost_model_seconds:
-        lines += [
+    if r.compiler_flops_per_chip:
+        lines.append(
             f"  compiler FLOPs per chip per step (recomputation included): "
-            f"{r.compiler_flops_per_chip:.4g}",
+            f"{r.compiler_flops_per_chip:.4g}"
+        )
+    peak = f"peak {r.peak_flops_per_chip / 1e12:.0f} TFLOP/s bf16 per chip"
+    if r.cost_model_plausible:
+        lines.append(
             f"  cost-model step time: {r.cost_model_seconds:.4g} s -> MFU {100 * r.mfu:.1f}% "
-            f"(peak {r.peak_flops_per_chip / 1e12:.0f} TFLOP/s bf16 per chip)",
-        ]
+            f"({peak})"
+        )
+    elif r.cost_model_seconds:
+        lines.append(
+            f"  cost-model step time: {r.cost_model_seconds:.4g} s is faster than the {peak} "
+            "allows for the compiler's FLOPs: not an estimate (no MFU)"
+        )
     lines.append(f"  compile time: {r.compile_seconds:.0f} s")
     if r.advice:
         lines.append("  to make it fit:")
