@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from jaxembed.cli import main
-from jaxembed.models.encoder import Encoder, PoolingSettings, bucket_lengths
+from jaxembed.models import encoder as encoder_module
+from jaxembed.models.encoder import Encoder, PoolingSettings, fit_buckets
 from jaxembed.prompts import format_query
 from jaxembed.sharding import make_mesh
 
@@ -53,15 +55,39 @@ def test_encode_matches_transformers_in_input_order(model_dir):
     assert np.abs(ours - ref).max() < 1e-4
 
 
-def test_bucketing_bounds_compiles(model_dir):
+def test_bucketing_bounds_compiles(model_dir, monkeypatch):
     encoder = Encoder.from_pretrained(model_dir[0])
+    monkeypatch.setattr(encoder_module, "MAX_BUCKETS", 4)
     encoder.encode(TEXTS, batch_size=3, max_length=64, show_progress=False)
-    # 23 texts of 1..39 tokens in 8 length-sorted batches: one compile per bucket used.
-    assert bucket_lengths(64) == [16, 20, 24, 28, 32, 40, 48, 56, 64]
-    assert bucket_lengths(50) == [16, 20, 24, 28, 32, 40, 48, 50]
+    # 23 texts in 8 length-sorted batches, 4 buckets fitted to their lengths: 4 compiles.
     lengths = sorted((len(x) for x in encoder.tokenize(TEXTS, None, 64)[0]), reverse=True)
-    used = {next(b for b in bucket_lengths(64) if b >= lengths[i]) for i in range(0, 23, 3)}
-    assert encoder._embed._cache_size() == len(used) < 8
+    maxima = lengths[::3]
+    assert len(set(maxima)) > 4
+    assert encoder._embed._cache_size() == len(fit_buckets(maxima, 4)) == 4
+
+
+def _padded(maxima, buckets):
+    return sum(min(b for b in buckets if b >= m) for m in maxima)
+
+
+def test_fitted_buckets_are_optimal():
+    """Against brute force over every subset of the batch lengths."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        maxima = [int(m) for m in rng.integers(1, 60, size=rng.integers(1, 25))]
+        k = int(rng.integers(1, 6))
+        got = fit_buckets(maxima, k)
+        values = sorted(set(maxima))
+        subsets = (
+            [*c, values[-1]]
+            for r in range(min(k, len(values)))
+            for c in itertools.combinations(values[:-1], r)
+        )
+        assert len(got) <= k and max(got) == max(maxima)
+        assert _padded(maxima, got) == min(_padded(maxima, s) for s in subsets)
+    # Few distinct lengths: exactly those (no padding beyond each batch's longest row).
+    assert fit_buckets([126, 110, 95, 80], 16) == [80, 95, 110, 126]
+    assert fit_buckets([126, 110, 95, 80], 16, align=8) == [80, 96, 112, 126]
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 2), (8, 1, 1), (1, 4, 2)])

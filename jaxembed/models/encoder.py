@@ -1,9 +1,9 @@
 """Bi-encoder inference: tokenizer + bidirectional backbone + pooling + L2 norm.
 
-`Encoder.encode` sorts texts by length and pads each batch to one of a few bucket lengths
-(and always to the same batch size), so a corpus of any size compiles at most once per
-bucket. On a mesh, params keep their FSDP/tensor shardings and the batch is split over
-('data', 'fsdp').
+`Encoder.encode` sorts texts by length and pads each batch to one of at most MAX_BUCKETS
+lengths fitted to the batches' own lengths (and always to the same batch size), so a corpus
+of any size compiles at most MAX_BUCKETS times with little padding. On a mesh, params keep
+their FSDP/tensor shardings and the batch is split over ('data', 'fsdp').
 """
 
 from __future__ import annotations
@@ -28,20 +28,47 @@ from jaxembed.progress import progress_bar
 from jaxembed.prompts import format_query
 from jaxembed.sharding import batch_sharding, data_parallel_size, param_shardings, replicated
 
-MIN_BUCKET = 16
 DEFAULT_MAX_LENGTH = 512
+# Compiled shapes per encode call at most; the lengths are fitted to the data (fit_buckets).
+MAX_BUCKETS = 16
+MAX_CANDIDATES = 1024
 
 
-def bucket_lengths(max_length: int, per_doubling: int = 4) -> list[int]:
-    """`per_doubling` evenly spaced lengths in each doubling from MIN_BUCKET (16, 20, 24, 28,
-    32, 40, ...) below `max_length`, then `max_length`: with 4, at most 25% padding per
-    batch (length-sorted batches waste far less) for 4 compiles per doubling of length."""
-    buckets, size = [], MIN_BUCKET
-    while size < max_length:
-        step = size // per_doubling
-        buckets += [b for b in range(size, 2 * size, step) if b < max_length]
-        size *= 2
-    return buckets + [max_length]
+def fit_buckets(batch_maxima: Sequence[int], max_buckets: int, align: int = 1) -> list[int]:
+    """At most `max_buckets` lengths minimizing the padded length summed over batches whose
+    longest rows are `batch_maxima` (each batch padded to the smallest length that holds
+    it): the exact batch lengths (rounded up to multiples of `align`) when there are few,
+    else an optimal choice among them (1-D quantization by dynamic programming)."""
+    if max_buckets < 1:
+        raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
+    longest = max(batch_maxima)
+    align = max(align, -(-longest // MAX_CANDIDATES))  # bounds the DP's n x n tables
+    rounded = np.minimum(-(-np.asarray(batch_maxima) // align) * align, longest)
+    values, counts = np.unique(rounded, return_counts=True)
+    n = len(values)
+    if n <= max_buckets:
+        return [int(v) for v in values]
+    below = np.concatenate([[0], np.cumsum(counts)])  # below[j]: batches under values[j]
+    cols = np.arange(n)
+    # cost[j]: least padded length for values[:j + 1] with values[j] the top bucket.
+    cost = values * below[1:]
+    earlier = cols[:, None] < cols[None, :]
+    backs = []
+    for _ in range(max_buckets - 1):
+        # Top bucket j over a previous top bucket i: values (i, j] pad to values[j].
+        step = cost[:, None] + values[None, :] * (below[None, 1:] - below[1:, None])
+        step = np.where(earlier, step, np.inf)
+        previous = np.argmin(step, axis=0)
+        extended = step[previous, cols]
+        better = extended < cost
+        backs.append(np.where(better, previous, -1))
+        cost = np.where(better, extended, cost)
+    chosen, j = [n - 1], n - 1
+    for back in reversed(backs):
+        if back[j] >= 0:
+            j = int(back[j])
+            chosen.append(j)
+    return sorted(int(values[i]) for i in chosen)
 
 
 def run_batched(
@@ -60,14 +87,19 @@ def run_batched(
     `ids`; rows of the result [len(ids), *out_shape] (float32) in input order. Shared by
     the encoder and the reranker."""
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    buckets = bucket_lengths(max_length)
     out = np.zeros((len(ids), *out_shape), np.float32)
+    if not ids:
+        return out
+    # Accelerators tile sequences in multiples of 8; a CPU gains from every padded token cut.
+    align = 1 if jax.default_backend() == "cpu" else 8
+    maxima = [len(ids[order[start]]) for start in range(0, len(order), batch_size)]
+    buckets = fit_buckets(maxima, MAX_BUCKETS, align)
     for start in progress_bar(
         range(0, len(order), batch_size), desc=desc, unit="batch", disable=not show_progress
     ):
         rows = order[start : start + batch_size]
         # Filler rows (one pad token each, so no attention row is empty) keep every batch
-        # the same shape: one compile per bucket.
+        # the same shape: one compile per bucket (at most MAX_BUCKETS).
         fill = batch_size - len(rows)
         length = next(b for b in buckets if b >= len(ids[rows[0]]))
         batch = pad(
