@@ -473,12 +473,7 @@ class OrbaxSource:
         if not any(isinstance(f, _NoStepMetadataWarning) for f in absl_log.filters):
             absl_log.addFilter(_NoStepMetadataWarning())
         self._checkpointer = ocp.PyTreeCheckpointer()
-        try:
-            tree = self._checkpointer.metadata(self._path).item_metadata.tree
-        except (FileNotFoundError, ValueError, OSError) as e:
-            raise UserInputError(f"{self._path}: not a readable Orbax checkpoint ({e})") from e
-        if "params" not in tree:
-            raise UserInputError(f"{self._path}: Orbax checkpoint has no 'params'")
+        tree = checkpoint_tree(self._checkpointer, self._path)
         self._meta_tree = tree["params"]
         self._adapters = adapter_settings(tree, metadata.run_config, self._path)
         self._cached: tuple[tuple[str, ...], np.ndarray] | None = None
@@ -521,7 +516,7 @@ class OrbaxSource:
             restore_args={root: _map_leaves(item, ocp.RestoreArgs(restore_type=np.ndarray))},
             partial_restore=True,
         )
-        return _lookup(self._checkpointer.restore(self._path, args=args)[root], path)
+        return lookup(self._checkpointer.restore(self._path, args=args)[root], path)
 
     def _leaf(self, path: tuple[str, ...]) -> np.ndarray:
         """One param leaf, with its LoRA update merged in when the run trained adapters."""
@@ -534,7 +529,7 @@ class OrbaxSource:
         return self._cached[1]
 
     def _merge_adapter(self, path: tuple[str, ...], kernel: np.ndarray) -> np.ndarray:
-        tree, scale = self._adapters
+        scale = self._adapters[1]
         owner = path[:-2]
         names = (path[-2] + ADAPTER_A, path[-2] + ADAPTER_B)
         if self._leaf_metadata((*owner, names[0]), "adapters") is None:
@@ -554,6 +549,17 @@ class OrbaxSource:
     def close(self) -> None:
         self._cached = None
         self._checkpointer.close()
+
+
+def checkpoint_tree(checkpointer: Any, path: Path) -> dict[str, Any]:
+    """The metadata tree of the Orbax train state at `path`; it must hold "params"."""
+    try:
+        tree = checkpointer.metadata(path).item_metadata.tree
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise UserInputError(f"{path}: not a readable Orbax checkpoint ({e})") from e
+    if "params" not in tree:
+        raise UserInputError(f"{path}: Orbax checkpoint has no 'params'")
+    return tree
 
 
 def adapter_settings(
@@ -583,12 +589,7 @@ def restore_numpy(
     path = (step_dir / "state").absolute()
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        try:
-            tree = checkpointer.metadata(path).item_metadata.tree
-        except (FileNotFoundError, ValueError, OSError) as e:
-            raise UserInputError(f"{path}: not a readable Orbax checkpoint ({e})") from e
-        if "params" not in tree:
-            raise UserInputError(f"{path}: Orbax checkpoint has no 'params'")
+        tree = checkpoint_tree(checkpointer, path)
         adapters = adapter_settings(tree, run_config, path)
         roots = {"params": tree["params"]} if with_params else {}
         if adapters is not None:
@@ -608,7 +609,7 @@ def restore_numpy(
         checkpointer.close()
 
 
-def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
+def lookup(tree: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         tree = tree[key]
     return tree

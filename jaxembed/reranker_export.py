@@ -33,6 +33,7 @@ from jaxembed.hf_export import (
     copy_modeling_file,
     hf_config_dict,
     hf_tensors,
+    lookup,
     model_type_for,
     open_run_step,
     restore_numpy,
@@ -49,12 +50,6 @@ BACKBONE_PREFIX = "model."
 # CrossEncoder applies a sigmoid to one-label models unless told otherwise; the raw logit is
 # what jaxembed scores with (and ranks identically).
 IDENTITY_ACTIVATION = "torch.nn.modules.linear.Identity"
-
-
-def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 def reranker_config_dict(
@@ -155,7 +150,7 @@ def write_reranker_directory(
 
     def arrays() -> Iterator[np.ndarray]:
         for t in tensors:
-            leaf = np.asarray(_lookup(params["backbone"], t.wmap.path))
+            leaf = np.asarray(lookup(params["backbone"], t.wmap.path))
             ours = leaf if t.layer is None else leaf[t.layer]
             yield to_hf_layout(t.wmap, ours, np_dtype)
         yield np.asarray(params["score"]["kernel"]).T.astype(np_dtype)

@@ -94,9 +94,8 @@ def make_train_step(
             )
 
         def embed_trainable(values: Any, inputs: Batch) -> jax.Array:
-            if state.adapters is None:
-                return embed(values, inputs)
-            return embed(state.params, inputs, values["adapters"], dropout_rng)
+            model = with_trainable(state, values)
+            return embed(model.params, inputs, model.adapters, dropout_rng)
 
         values = trainable(state.params, state.adapters)
         if settings.gradcache_chunk:
@@ -124,8 +123,7 @@ def make_train_step(
 
 def _dropout_rng(config: LlamaConfig, state: TrainState) -> jax.Array | None:
     """This step's LoRA dropout key (None when there is no dropout to draw)."""
-    lora = getattr(config, "lora", None)
-    if state.adapters is None or lora is None or not lora.dropout:
+    if state.adapters is None or config.lora is None or not config.lora.dropout:
         return None
     return jax.random.fold_in(state.rng, state.step)
 
@@ -169,11 +167,8 @@ def _make_reranker_step(
             pairs["row_ids"] = jnp.arange(batch_size * group, dtype=jnp.int32)
 
         def loss_fn(values: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-            if state.adapters is None:
-                scores = score(values, pairs)
-            else:
-                params = {**state.params, "score": values["score"]}
-                scores = score(params, pairs, values["adapters"], dropout_rng)
+            model = with_trainable(state, values)
+            scores = score(model.params, pairs, model.adapters, dropout_rng)
             return ranking_loss(
                 scores.reshape(batch_size, group),
                 kind=settings.ranking,
@@ -198,7 +193,7 @@ def state_shardings(
     trained share the FSDP/tensor layout of what they belong to."""
     boxed = reranker_param_shapes(config) if task == "reranker" else param_shapes(config)
     params = param_shardings(boxed, mesh)
-    boxed_adapters = adapter_shapes(config) if getattr(config, "lora", None) else None
+    boxed_adapters = adapter_shapes(config) if config.lora is not None else None
     adapters = None if boxed_adapters is None else param_shardings(boxed_adapters, mesh)
     abstract = trainable(nn.meta.unbox(boxed), nn.meta.unbox(boxed_adapters))
     abstract_opt = jax.eval_shape(optimizer.init, abstract)
