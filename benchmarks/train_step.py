@@ -42,6 +42,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--remat", default="none", help="jaxembed remat_policy")
+    p.add_argument(
+        "--scan-layers",
+        action="store_true",
+        help="jaxembed scan_layers=True (default: the layer loop, faster on CPU)",
+    )
     p.add_argument("--attention-impl", default=None, help="jax.nn.dot_product_attention impl")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per side (best of)")
     p.add_argument("--gemm-n", type=int, default=2048)
@@ -99,6 +104,7 @@ def jax_side(args: argparse.Namespace, batch: dict[str, np.ndarray]):
         max_position_embeddings=max(args.query_len, args.passage_len),
         dtype="float32",
         remat_policy=args.remat,
+        scan_layers=args.scan_layers,
         attention_impl=args.attention_impl,
     )
     schedule = learning_rate_schedule(1e-4, total_steps=1000, warmup_steps=0)

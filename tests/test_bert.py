@@ -65,7 +65,7 @@ def _right_padded_batch(rng, lengths, length, vocab):
         ("BertModel", {"layer_norm_eps": 0.5}, None),
         # Task-head checkpoints name tensors "bert.embeddings...": the prefix is resolved.
         ("BertForSequenceClassification", {}, None),
-        # The jax.nn.dot_product_attention path (named kernels) instead of heads_attention.
+        # The jax.nn.dot_product_attention path (named kernels) instead of softmax_attention.
         ("BertModel", {}, "xla"),
     ],
 )

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxembed.models.attention import HeadsMerge, HeadsProjection, softmax_attention
 from jaxembed.models.llama import REMAT_POLICIES, attention_mask
 from jaxembed.models.matmul import dense_dot_general
 
@@ -55,7 +56,7 @@ class BertConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat_policy: str = "none"
-    attention_impl: str | None = None  # None: heads_attention; else a dot_product_attention one
+    attention_impl: str | None = None  # None: softmax_attention; else a dot_product_attention one
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -104,64 +105,6 @@ class LayerNorm(nn.Module):
         return normed * jnp.asarray(scale, self.dtype) + jnp.asarray(bias, self.dtype)
 
 
-class HeadsProjection(nn.Module):
-    """x [B, T, hidden] -> [B, heads, T, head_dim]: heads-major, so the attention matmuls
-    need no transposes (on XLA:CPU the [B, T, heads, d] layout cost ~25% of attention)."""
-
-    heads: int
-    head_dim: int
-    dtype: Any
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (x.shape[-1], self.heads, self.head_dim)
-        kernel = self.param(
-            "kernel", _init(("embed", "heads", "head_dim")), shape, self.param_dtype
-        )
-        bias = self.param(
-            "bias", _init(("heads", "head_dim"), nn.initializers.zeros), shape[1:], self.param_dtype
-        )
-        x = jnp.asarray(x, self.dtype)
-        out = jnp.einsum("btd,dnh->bnth", x, jnp.asarray(kernel, self.dtype))
-        return out + jnp.asarray(bias, self.dtype)[None, :, None, :]
-
-
-class HeadsMerge(nn.Module):
-    """[B, heads, T, head_dim] -> [B, T, features], the attention output projection."""
-
-    features: int
-    dtype: Any
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (x.shape[1], x.shape[3], self.features)
-        kernel = self.param(
-            "kernel", _init(("heads", "head_dim", "embed")), shape, self.param_dtype
-        )
-        bias = self.param(
-            "bias", _init(("embed",), nn.initializers.zeros), (self.features,), self.param_dtype
-        )
-        out = jnp.einsum("bnth,nhd->btd", x, jnp.asarray(kernel, self.dtype))
-        return out + jnp.asarray(bias, self.dtype)
-
-
-def heads_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Softmax attention on [B, heads, T, d] inputs; `mask` [B, 1, T or 1, S] keeps keys.
-
-    Scores and softmax in f32; the probabilities are normalized after the value matmul
-    ([.., d] wide instead of [.., S]), which is the same sum divided once per output.
-    """
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32) * scale
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-    out = jnp.einsum("bnts,bnsh->bnth", weights.astype(v.dtype), v)
-    total = jnp.sum(weights, axis=-1, keepdims=True)
-    return (out.astype(jnp.float32) / total).astype(v.dtype)
-
-
 class SelfAttention(nn.Module):
     config: BertConfig
 
@@ -171,10 +114,11 @@ class SelfAttention(nn.Module):
         n, d = cfg.num_heads, cfg.resolved_head_dim
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         q, k, v = (
-            HeadsProjection(n, d, dtype, pdtype, name=name)(x) for name in ("query", "key", "value")
+            HeadsProjection(n, d, True, dtype, pdtype, name=name)(x)
+            for name in ("query", "key", "value")
         )
         if cfg.attention_impl is None:
-            out = heads_attention(q, k, v, mask)
+            out = softmax_attention(q, k, v, mask)
         else:
             # A named kernel (e.g. cuDNN) wants [B, T, heads, d].
             q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
@@ -182,7 +126,7 @@ class SelfAttention(nn.Module):
                 q, k, v, mask=mask, scale=1.0 / math.sqrt(d), implementation=cfg.attention_impl
             )
             out = jnp.swapaxes(out, 1, 2)
-        return HeadsMerge(cfg.hidden_size, dtype, pdtype, name="output")(out)
+        return HeadsMerge(cfg.hidden_size, True, dtype, pdtype, name="output")(out)
 
 
 class EncoderLayer(nn.Module):

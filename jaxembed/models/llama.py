@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxembed.models.attention import HeadsMerge, HeadsProjection, softmax_attention
 from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
 from jaxembed.models.lora import LoraConfig, lora_delta
 from jaxembed.models.matmul import dense_dot_general
@@ -53,7 +54,11 @@ class LlamaConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat_policy: str = "none"
-    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation
+    # True: layers under `nn.scan` (compile time independent of depth, what pods want);
+    # False: the same stacked weights run by a Python loop, which XLA:CPU trains faster
+    # (no stacked per-layer activations to write and read back; benchmarks/RESULTS.md).
+    scan_layers: bool = True
+    attention_impl: str | None = None  # None: softmax_attention; else a dot_product_attention one
     lora: LoraConfig | None = None  # adapters on the projections it targets (models/lora.py)
 
     def __post_init__(self) -> None:
@@ -110,11 +115,12 @@ class RMSNorm(nn.Module):
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate the two halves of each head ([B, T, heads, head_dim]) like HF's rotate_half."""
+    """Rotate the two halves of each head ([B, heads, T, head_dim]; cos and sin [B, T,
+    head_dim]) like HF's rotate_half."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    cos = cos[:, :, None, :]
-    sin = sin[:, :, None, :]
+    cos = cos[:, None]
+    sin = sin[:, None]
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (x * cos + rotated * sin).astype(x.dtype)
 
@@ -136,38 +142,38 @@ class Attention(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
         def project(name: str, heads: int, head_axis: str) -> jax.Array:
-            y = nn.DenseGeneral(
-                (heads, d),
-                use_bias=cfg.attention_bias,
-                dtype=dtype,
-                param_dtype=pdtype,
-                kernel_init=_dense_init(("embed", head_axis, "head_dim")),
-                bias_init=nn.with_logical_partitioning(
-                    nn.initializers.zeros, (head_axis, "head_dim")
-                ),
-                name=name,
+            y = HeadsProjection(
+                heads, d, cfg.attention_bias, dtype, pdtype, head_axis=head_axis, name=name
             )(x)
-            return _adapted(self, name, y, x, ("embed",), (head_axis, "head_dim"), row_ids)
+            delta = _lora_term(
+                self, name, x, ("embed",), (heads, d), (head_axis, "head_dim"), row_ids
+            )
+            # The adapter term comes out [B, T, heads, d]; the projection is heads-major.
+            return y if delta is None else y + jnp.swapaxes(delta, 1, 2)
 
-        q = project("q_proj", cfg.num_heads, "heads")
-        k = project("k_proj", cfg.num_kv_heads, "kv_heads")
+        q = apply_rope(project("q_proj", cfg.num_heads, "heads"), cos, sin)
+        k = apply_rope(project("k_proj", cfg.num_kv_heads, "kv_heads"), cos, sin)
         v = project("v_proj", cfg.num_kv_heads, "kv_heads")
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
-        # GQA is handled inside dot_product_attention (query heads grouped over kv heads).
-        out = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, scale=1.0 / math.sqrt(d), implementation=cfg.attention_impl
+        if cfg.attention_impl is None:
+            out = softmax_attention(q, k, v, mask)
+        else:
+            # A named kernel (e.g. cuDNN) wants [B, T, heads, d]; it groups GQA heads itself.
+            q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, scale=1.0 / math.sqrt(d), implementation=cfg.attention_impl
+            )
+            out = jnp.swapaxes(out, 1, 2)
+        y = HeadsMerge(cfg.hidden_size, False, dtype, pdtype, name="o_proj")(out)
+        delta = _lora_term(
+            self,
+            "o_proj",
+            jnp.swapaxes(out, 1, 2),
+            ("heads", "head_dim"),
+            (cfg.hidden_size,),
+            ("embed",),
+            row_ids,
         )
-        y = nn.DenseGeneral(
-            cfg.hidden_size,
-            axis=(-2, -1),
-            use_bias=False,
-            dtype=dtype,
-            param_dtype=pdtype,
-            kernel_init=_dense_init(("heads", "head_dim", "embed")),
-            name="o_proj",
-        )(out)
-        return _adapted(self, "o_proj", y, out, ("heads", "head_dim"), ("embed",), row_ids)
+        return y if delta is None else y + delta
 
 
 class MLP(nn.Module):
@@ -206,8 +212,20 @@ def _adapted(
 ) -> jax.Array:
     """Projection `name`'s output `y` of input `x`, plus its LoRA term when it is a target."""
     out_shape = y.shape[y.ndim - len(out_axes) :]
-    delta = lora_delta(module, name, x, in_axes, out_shape, out_axes, module.config.lora, row_ids)
+    delta = _lora_term(module, name, x, in_axes, out_shape, out_axes, row_ids)
     return y if delta is None else y + delta
+
+
+def _lora_term(
+    module: nn.Module,
+    name: str,
+    x: jax.Array,
+    in_axes: tuple[str, ...],
+    out_shape: tuple[int, ...],
+    out_axes: tuple[str, ...],
+    row_ids: jax.Array | None,
+) -> jax.Array | None:
+    return lora_delta(module, name, x, in_axes, out_shape, out_axes, module.config.lora, row_ids)
 
 
 class DecoderLayer(nn.Module):
@@ -255,6 +273,17 @@ def positions_from_mask(padding_mask: jax.Array) -> jax.Array:
     """Position ids that count only real tokens, so left and right padding embed alike."""
     mask = padding_mask.astype(jnp.int32)
     return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+class _NamedLayer(nn.Module):
+    """One decoder layer under the scope name "layers", so module paths (and LoRA targets
+    matched against them) read the same as under `nn.scan`."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *args: Any) -> jax.Array:
+        return DecoderLayer(self.config, name="layers")(x, *args)[0]
 
 
 class LlamaModel(nn.Module):
@@ -324,8 +353,43 @@ class LlamaModel(nn.Module):
         cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
         mask = attention_mask(padding_mask, causal=causal, sliding_window=cfg.sliding_window)
         x = self.embed_tokens(input_ids)
-        x, _ = self.layers(x, mask, cos, sin, row_ids)
+        if cfg.scan_layers or self.is_initializing():
+            x, _ = self.layers(x, mask, cos, sin, row_ids)
+        else:
+            x = self._layer_loop(x, mask, cos, sin, row_ids)
         return self.norm(x)
+
+    def _layer_loop(
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        row_ids: jax.Array | None,
+    ) -> jax.Array:
+        """The scanned layers' stacked variables, applied layer by layer in a Python loop."""
+        cfg = self.config
+        stacked = {
+            name: tree["layers"] for name, tree in self.variables.items() if "layers" in tree
+        }
+        dropout = self.make_rng("dropout") if self.has_rng("dropout") else None
+
+        def layer(variables: Any, x: jax.Array, rngs: dict[str, jax.Array]) -> jax.Array:
+            return _NamedLayer(cfg, parent=None).apply(
+                variables, x, mask, cos, sin, row_ids, rngs=rngs
+            )
+
+        if cfg.remat_policy != "none":
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy])
+        for i in range(cfg.num_layers):
+            variables = {
+                name: {"layers": jax.tree.map(lambda a, i=i: a[i], tree)}
+                for name, tree in stacked.items()
+            }
+            # One key per layer, as nn.scan splits them (the masks themselves differ).
+            rngs = {} if dropout is None else {"dropout": jax.random.fold_in(dropout, i)}
+            x = layer(variables, x, rngs)
+        return x
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits in f32 from hidden states (tied embedding or untied head)."""
