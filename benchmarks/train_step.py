@@ -9,6 +9,10 @@ negatives), mean pooling, L2 norm, in-batch InfoNCE over every passage of the ba
 * PyTorch: `transformers.LlamaModel`, bidirectional via a 4D boolean padding mask and
   `is_causal=False` on every module, `torch.optim.AdamW`, `torch.set_num_threads(cpu_count)`.
 
+Both run in one process with the host-memory settings the `jaxembed` command applies
+(`jaxembed.host_memory.retain_freed_memory`; `JAXEMBED_HOST_MALLOC=system` for glibc's
+defaults).
+
 The machine's matmul peak is measured in the same run (jitted f32 n x n GEMM, best of N,
 2 n^3 / t), and MFU = model FLOPs of a step / step time / that peak, with model FLOPs from
 `jaxembed.train.loop.model_flops_per_token`, counted separately for the query and passage
@@ -186,6 +190,10 @@ def timed(fn: Callable[[], float]) -> tuple[float, float]:
 
 def main() -> None:
     args = parse_args()
+    from jaxembed.host_memory import retain_freed_memory
+
+    # What the `jaxembed` command does before JAX starts (both sides share this process).
+    malloc_retained = retain_freed_memory()
     import jax
     import torch
 
@@ -243,7 +251,8 @@ def main() -> None:
     )
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device), "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), {threads} CPU cores"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), {threads} CPU cores; "
+        f"freed host memory retained: {malloc_retained}"
     )
     print(
         f"model FLOPs/step: {flops / 1e12:.3f} TFLOP; GEMM peak {peak / 1e9:.1f} GFLOP/s "

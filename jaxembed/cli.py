@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxembed.errors import UserInputError
+from jaxembed.host_memory import retain_freed_memory
 
 
 def _parse_mesh(text: str) -> tuple[int, int, int]:
@@ -540,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     args.overrides = overrides
+    retain_freed_memory()  # before JAX starts its threads; see host_memory.py
     if getattr(args, "check", None):
         args.check(parser, args)
     try:

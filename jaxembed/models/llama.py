@@ -275,6 +275,28 @@ def positions_from_mask(padding_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
 
 
+@jax.custom_vjp
+def unstack(stacked: jax.Array) -> list[jax.Array]:
+    """`list(stacked)` along the leading (layers) axis, with the gradient assembled by one
+    `stack`: autodiff of L slices would add L zero-padded copies of the whole stack."""
+    return list(stacked)
+
+
+def _unstack_forward(stacked: jax.Array) -> tuple[list[jax.Array], None]:
+    return list(stacked), None
+
+
+def _unstack_backward(_: None, grads: list[jax.Array]) -> tuple[jax.Array]:
+    return (jnp.stack(grads),)
+
+
+unstack.defvjp(_unstack_forward, _unstack_backward)
+
+
+def _is_list(x: Any) -> bool:
+    return isinstance(x, list)
+
+
 class _NamedLayer(nn.Module):
     """One decoder layer under the scope name "layers", so module paths (and LoRA targets
     matched against them) read the same as under `nn.scan`."""
@@ -381,10 +403,11 @@ class LlamaModel(nn.Module):
 
         if cfg.remat_policy != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy])
+        per_layer = jax.tree.map(unstack, stacked)
         for i in range(cfg.num_layers):
             variables = {
-                name: {"layers": jax.tree.map(lambda a, i=i: a[i], tree)}
-                for name, tree in stacked.items()
+                name: {"layers": jax.tree.map(lambda a, i=i: a[i], tree, is_leaf=_is_list)}
+                for name, tree in per_layer.items()
             }
             # One key per layer, as nn.scan splits them (the masks themselves differ).
             rngs = {} if dropout is None else {"dropout": jax.random.fold_in(dropout, i)}
