@@ -42,6 +42,9 @@ def default_config() -> ml_collections.ConfigDict:
         dtype="float32",
         param_dtype="float32",
         remat_policy="none",
+        # False: the layers run in a Python loop, faster to train on a CPU; True: under
+        # nn.scan, compile time independent of depth (what the big recipes use).
+        scan_layers=False,
         pooling="mean",
         exclude_instruction=False,
         # "embedding" (bi-encoder) or "reranker" (cross-encoder: pairs joined by
@@ -140,6 +143,7 @@ def bidirectional_llm_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat_policy = "full"
+    c.model.scan_layers = True
     c.model.pooling = "mean"
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
     c.optimizer.warmup_steps = 100

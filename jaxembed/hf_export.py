@@ -77,6 +77,7 @@ _NOT_ARCHITECTURE = {
     "dtype": "float32",
     "param_dtype": "float32",
     "remat_policy": "none",
+    "scan_layers": True,
     "attention_impl": None,
     "with_lm_head": False,  # encoders never use (or export) an LM head
     "lora": None,  # adapters are merged into the weights they adapt

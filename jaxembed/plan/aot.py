@@ -8,6 +8,7 @@ target's own compiler (XLA:TPU for compile-only TPU devices).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +39,14 @@ class CompiledStep:
 
 def planning_model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
     """The architecture to plan for: the HF directory's config.json when one is given (no
-    weights read), else the dimensions in `config.model` (recipes carry their model's)."""
+    weights read), else the dimensions in `config.model` (recipes carry their model's).
+    Always with scanned layers: the cost model's loop correction (cost.py) counts the layer
+    scan's body, and a pod compiles scanned layers anyway."""
     if config.model.init == "hf" and config.model.hf_path:
-        return model_config(config)
+        return dataclasses.replace(model_config(config), scan_layers=True)
     as_random = copy.deepcopy(config)
     as_random.model.init = "random"
-    model = model_config(as_random)
+    model = dataclasses.replace(model_config(as_random), scan_layers=True)
     # Pruning happens at import; without the checkpoint, the config's depth is the unpruned one.
     return pruned_config(model, config.model.prune_layers)
 

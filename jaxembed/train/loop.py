@@ -76,6 +76,7 @@ def model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
         dtype=m.dtype,
         param_dtype=m.param_dtype,
         remat_policy=m.remat_policy,
+        scan_layers=m.scan_layers,
         lora=lora_config(config),
     )
     if m.init == "hf":
