@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxembed.models.attention import softmax_attention
+from jaxembed.models.attention import attend, softmax_attention
 
 torch = pytest.importorskip("torch")
 
@@ -69,3 +69,12 @@ def test_rejects_heads_not_a_multiple_of_kv_heads():
     q, k, v, _, mask = _inputs(heads=5)
     with pytest.raises(ValueError, match="not a multiple"):
         softmax_attention(q, k, v, mask)
+
+
+def test_named_implementation_path_equals_ours():
+    """`attend` with a named dot_product_attention kernel ("xla" runs on CPU) swaps to the
+    [B, T, heads, d] layout and back, GQA included."""
+    q, k, v, _, mask = _inputs()
+    np.testing.assert_allclose(
+        attend(q, k, v, mask, "xla"), attend(q, k, v, mask, None), rtol=1e-5, atol=1e-6
+    )

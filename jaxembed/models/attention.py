@@ -82,6 +82,21 @@ class HeadsMerge(nn.Module):
         return out + jnp.asarray(bias, self.dtype)
 
 
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, implementation: str | None
+) -> jax.Array:
+    """`softmax_attention`, or with a named `jax.nn.dot_product_attention` implementation
+    (e.g. "cudnn") that kernel, which wants [B, T, heads, d] and groups GQA heads itself."""
+    if implementation is None:
+        return softmax_attention(q, k, v, mask)
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, scale=scale, implementation=implementation
+    )
+    return jnp.swapaxes(out, 1, 2)
+
+
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """softmax(q k^T / sqrt(d), masked) v on q [B, heads, T, d], k and v [B, kv_heads, S, d];
     `mask` [B, 1, T or 1, S] is True where a key may be attended. Scores and softmax in f32."""

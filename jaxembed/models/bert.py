@@ -11,14 +11,13 @@ axis names, as in `llama.py`, so `jaxembed.sharding` places both families alike.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxembed.models.attention import HeadsMerge, HeadsProjection, softmax_attention
+from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend
 from jaxembed.models.llama import REMAT_POLICIES, attention_mask
 from jaxembed.models.matmul import dense_dot_general
 
@@ -117,15 +116,7 @@ class SelfAttention(nn.Module):
             HeadsProjection(n, d, True, dtype, pdtype, name=name)(x)
             for name in ("query", "key", "value")
         )
-        if cfg.attention_impl is None:
-            out = softmax_attention(q, k, v, mask)
-        else:
-            # A named kernel (e.g. cuDNN) wants [B, T, heads, d].
-            q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
-            out = jax.nn.dot_product_attention(
-                q, k, v, mask=mask, scale=1.0 / math.sqrt(d), implementation=cfg.attention_impl
-            )
-            out = jnp.swapaxes(out, 1, 2)
+        out = attend(q, k, v, mask, cfg.attention_impl)
         return HeadsMerge(cfg.hidden_size, True, dtype, pdtype, name="output")(out)
 
 

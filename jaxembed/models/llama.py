@@ -10,14 +10,13 @@ maps onto the ('data', 'fsdp', 'tensor') mesh.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxembed.models.attention import HeadsMerge, HeadsProjection, softmax_attention
+from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend
 from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
 from jaxembed.models.lora import LoraConfig, lora_delta
 from jaxembed.models.matmul import dense_dot_general
@@ -145,32 +144,25 @@ class Attention(nn.Module):
             y = HeadsProjection(
                 heads, d, cfg.attention_bias, dtype, pdtype, head_axis=head_axis, name=name
             )(x)
-            delta = _lora_term(
-                self, name, x, ("embed",), (heads, d), (head_axis, "head_dim"), row_ids
-            )
+            out_axes = (head_axis, "head_dim")
+            delta = lora_delta(self, name, x, ("embed",), (heads, d), out_axes, cfg.lora, row_ids)
             # The adapter term comes out [B, T, heads, d]; the projection is heads-major.
             return y if delta is None else y + jnp.swapaxes(delta, 1, 2)
 
         q = apply_rope(project("q_proj", cfg.num_heads, "heads"), cos, sin)
         k = apply_rope(project("k_proj", cfg.num_kv_heads, "kv_heads"), cos, sin)
         v = project("v_proj", cfg.num_kv_heads, "kv_heads")
-        if cfg.attention_impl is None:
-            out = softmax_attention(q, k, v, mask)
-        else:
-            # A named kernel (e.g. cuDNN) wants [B, T, heads, d]; it groups GQA heads itself.
-            q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
-            out = jax.nn.dot_product_attention(
-                q, k, v, mask=mask, scale=1.0 / math.sqrt(d), implementation=cfg.attention_impl
-            )
-            out = jnp.swapaxes(out, 1, 2)
+        out = attend(q, k, v, mask, cfg.attention_impl)
         y = HeadsMerge(cfg.hidden_size, False, dtype, pdtype, name="o_proj")(out)
-        delta = _lora_term(
+        heads_last = jnp.swapaxes(out, 1, 2)  # the adapter contracts [.., heads, d]
+        delta = lora_delta(
             self,
             "o_proj",
-            jnp.swapaxes(out, 1, 2),
+            heads_last,
             ("heads", "head_dim"),
             (cfg.hidden_size,),
             ("embed",),
+            cfg.lora,
             row_ids,
         )
         return y if delta is None else y + delta
@@ -212,20 +204,8 @@ def _adapted(
 ) -> jax.Array:
     """Projection `name`'s output `y` of input `x`, plus its LoRA term when it is a target."""
     out_shape = y.shape[y.ndim - len(out_axes) :]
-    delta = _lora_term(module, name, x, in_axes, out_shape, out_axes, row_ids)
+    delta = lora_delta(module, name, x, in_axes, out_shape, out_axes, module.config.lora, row_ids)
     return y if delta is None else y + delta
-
-
-def _lora_term(
-    module: nn.Module,
-    name: str,
-    x: jax.Array,
-    in_axes: tuple[str, ...],
-    out_shape: tuple[int, ...],
-    out_axes: tuple[str, ...],
-    row_ids: jax.Array | None,
-) -> jax.Array | None:
-    return lora_delta(module, name, x, in_axes, out_shape, out_axes, module.config.lora, row_ids)
 
 
 class DecoderLayer(nn.Module):
