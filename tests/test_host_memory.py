@@ -22,9 +22,10 @@ def step(x):
     return jnp.sum(t @ x[:, :8]) + jnp.sum(t.T @ x[:, :8])
 
 x = jnp.full((4096, 4096), 1e-3, jnp.float32)
-step(x).block_until_ready()
+for _ in range(12):  # the heap grows to its steady size over the first calls
+    step(x).block_until_ready()
 faults = []
-for _ in range(5):
+for _ in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step(x).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -51,7 +52,8 @@ def test_freed_step_buffers_are_reused_not_faulted_in_again(monkeypatch):
         pytest.skip("not a glibc process: the malloc options do not apply")
     assert not opted_out
     # glibc's defaults fault every temporary in afresh each step (one 64 MiB buffer alone is
-    # 16k pages); with the options a step reuses what an earlier one freed. (Freeing is
-    # asynchronous, so an occasional step still grows the heap: the best of 5 is compared.)
+    # 16k pages); with the options a step reuses what an earlier one freed. (Small blocks
+    # carved out of freed ones make the heap grow over the first ~10 steps, measured; an
+    # occasional later step may still grow it: the best of 8 after 12 is compared.)
     assert system > 16_000, system
     assert retained < system / 10, (retained, system)
