@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 
-def _normal_init(axes: tuple[str | None, ...], base: Any = None) -> nn.initializers.Initializer:
+def partitioned_init(axes: tuple[str | None, ...], base: Any = None) -> nn.initializers.Initializer:
+    """`base` (default normal(0.02), as HF initializes) with logical axis names attached."""
     return nn.with_logical_partitioning(base or nn.initializers.normal(0.02), axes)
 
 
@@ -42,14 +43,17 @@ class HeadsProjection(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (x.shape[-1], self.heads, self.head_dim)
         kernel = self.param(
-            "kernel", _normal_init(("embed", self.head_axis, "head_dim")), shape, self.param_dtype
+            "kernel",
+            partitioned_init(("embed", self.head_axis, "head_dim")),
+            shape,
+            self.param_dtype,
         )
         out = jnp.einsum("btd,dnh->bnth", x.astype(self.dtype), jnp.asarray(kernel, self.dtype))
         if not self.use_bias:
             return out
         bias = self.param(
             "bias",
-            _normal_init((self.head_axis, "head_dim"), nn.initializers.zeros),
+            partitioned_init((self.head_axis, "head_dim"), nn.initializers.zeros),
             shape[1:],
             self.param_dtype,
         )
@@ -68,14 +72,14 @@ class HeadsMerge(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (x.shape[1], x.shape[3], self.features)
         kernel = self.param(
-            "kernel", _normal_init(("heads", "head_dim", "embed")), shape, self.param_dtype
+            "kernel", partitioned_init(("heads", "head_dim", "embed")), shape, self.param_dtype
         )
         out = jnp.einsum("bnth,nhd->btd", x.astype(self.dtype), jnp.asarray(kernel, self.dtype))
         if not self.use_bias:
             return out
         bias = self.param(
             "bias",
-            _normal_init(("embed",), nn.initializers.zeros),
+            partitioned_init(("embed",), nn.initializers.zeros),
             (self.features,),
             self.param_dtype,
         )

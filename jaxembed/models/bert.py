@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend
+from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend, partitioned_init
 from jaxembed.models.llama import REMAT_POLICIES, attention_mask
 from jaxembed.models.matmul import dense_dot_general
 
@@ -81,10 +81,6 @@ class BertConfig:
         return embeddings + 2 * h + self.num_layers * per_layer
 
 
-def _init(axes: tuple[str | None, ...], base: Any = None) -> nn.initializers.Initializer:
-    return nn.with_logical_partitioning(base or nn.initializers.normal(0.02), axes)
-
-
 class LayerNorm(nn.Module):
     """Two-pass mean/variance in f32 (like torch), weight and bias applied after casting back."""
 
@@ -95,8 +91,12 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x.shape[-1]
-        scale = self.param("scale", _init(("norm",), nn.initializers.ones), (h,), self.param_dtype)
-        bias = self.param("bias", _init(("norm",), nn.initializers.zeros), (h,), self.param_dtype)
+        scale = self.param(
+            "scale", partitioned_init(("norm",), nn.initializers.ones), (h,), self.param_dtype
+        )
+        bias = self.param(
+            "bias", partitioned_init(("norm",), nn.initializers.zeros), (h,), self.param_dtype
+        )
         x32 = x.astype(jnp.float32)
         centered = x32 - jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(centered * centered, axis=-1, keepdims=True)
@@ -135,8 +135,8 @@ class EncoderLayer(nn.Module):
                 features,
                 dtype=dtype,
                 param_dtype=pdtype,
-                kernel_init=_init(axes),
-                bias_init=_init(axes[1:], nn.initializers.zeros),
+                kernel_init=partitioned_init(axes),
+                bias_init=partitioned_init(axes[1:], nn.initializers.zeros),
                 dot_general=dense_dot_general,
                 name=name,
             )
@@ -163,7 +163,11 @@ class BertModel(nn.Module):
 
         def embed(rows: int, axes: tuple[str | None, str]) -> nn.Embed:
             return nn.Embed(
-                rows, cfg.hidden_size, dtype=dtype, param_dtype=pdtype, embedding_init=_init(axes)
+                rows,
+                cfg.hidden_size,
+                dtype=dtype,
+                param_dtype=pdtype,
+                embedding_init=partitioned_init(axes),
             )
 
         self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"))

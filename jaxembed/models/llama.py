@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend
+from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend, partitioned_init
 from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
 from jaxembed.models.lora import LoraConfig, lora_delta
 from jaxembed.models.matmul import dense_dot_general
@@ -88,10 +88,6 @@ class LlamaConfig:
         per_layer = attn + 3 * h * self.intermediate_size + 2 * h
         head = self.vocab_size * h if self.with_lm_head and not self.tie_word_embeddings else 0
         return self.vocab_size * h + self.num_layers * per_layer + h + head
-
-
-def _dense_init(axes: tuple[str | None, ...]) -> nn.initializers.Initializer:
-    return nn.with_logical_partitioning(nn.initializers.normal(0.02), axes)
 
 
 class RMSNorm(nn.Module):
@@ -182,7 +178,7 @@ class MLP(nn.Module):
                 use_bias=False,
                 dtype=dtype,
                 param_dtype=pdtype,
-                kernel_init=_dense_init(axes),
+                kernel_init=partitioned_init(axes),
                 dot_general=dense_dot_general,
                 name=name,
             )(h)
@@ -301,7 +297,7 @@ class LlamaModel(nn.Module):
             cfg.hidden_size,
             dtype=dtype,
             param_dtype=pdtype,
-            embedding_init=_dense_init(("vocab", "embed")),
+            embedding_init=partitioned_init(("vocab", "embed")),
         )
         layer = DecoderLayer
         policy = REMAT_POLICIES[cfg.remat_policy]
@@ -322,7 +318,7 @@ class LlamaModel(nn.Module):
                 use_bias=False,
                 dtype=dtype,
                 param_dtype=pdtype,
-                kernel_init=_dense_init(("embed", "vocab")),
+                kernel_init=partitioned_init(("embed", "vocab")),
             )
 
     def __call__(
