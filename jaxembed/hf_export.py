@@ -475,17 +475,21 @@ class OrbaxSource:
             absl_log.addFilter(_NoStepMetadataWarning())
         self._checkpointer = ocp.PyTreeCheckpointer()
         tree = checkpoint_tree(self._checkpointer, self._path)
-        self._meta_tree = tree["params"]
+        self._param_sources = param_sources(self.step_dir, tree)
         self._adapters = adapter_settings(tree, metadata.run_config, self._path)
         self._cached: tuple[tuple[str, ...], np.ndarray] | None = None
 
+    def _find(self, path: tuple[str, ...], root: str = "params") -> tuple[Path, Any]:
+        """(Orbax directory holding the leaf, its metadata), the metadata None if absent."""
+        sources = self._param_sources if root == "params" else [(self._path, self._adapters[0])]
+        for directory, tree in sources:
+            node = _walk(tree, path)
+            if node is not None:
+                return directory, node
+        return self._path, None
+
     def _leaf_metadata(self, path: tuple[str, ...], root: str = "params") -> Any:
-        node = self._meta_tree if root == "params" else self._adapters[0]
-        for key in path:
-            if not isinstance(node, dict) or key not in node:
-                return None
-            node = node[key]
-        return node
+        return self._find(path, root)[1]
 
     def check(self) -> None:
         for wmap in hf.weight_maps(canonical(self.config)):
@@ -507,17 +511,18 @@ class OrbaxSource:
     def _restore(self, path: tuple[str, ...], root: str = "params") -> np.ndarray:
         import orbax.checkpoint as ocp
 
+        directory, leaf = self._find(path, root)
         item: dict[str, Any] = {}
         node = item
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = self._leaf_metadata(path, root)
+        node[path[-1]] = leaf
         args = ocp.args.PyTreeRestore(
             item={root: item},
             restore_args={root: _map_leaves(item, ocp.RestoreArgs(restore_type=np.ndarray))},
             partial_restore=True,
         )
-        return lookup(self._checkpointer.restore(self._path, args=args)[root], path)
+        return lookup(self._checkpointer.restore(directory, args=args)[root], path)
 
     def _leaf(self, path: tuple[str, ...]) -> np.ndarray:
         """One param leaf, with its LoRA update merged in when the run trained adapters."""
@@ -553,14 +558,38 @@ class OrbaxSource:
 
 
 def checkpoint_tree(checkpointer: Any, path: Path) -> dict[str, Any]:
-    """The metadata tree of the Orbax train state at `path`; it must hold "params"."""
+    """The metadata tree of the Orbax train state at `path`."""
     try:
         tree = checkpointer.metadata(path).item_metadata.tree
     except (FileNotFoundError, ValueError, OSError) as e:
         raise UserInputError(f"{path}: not a readable Orbax checkpoint ({e})") from e
-    if "params" not in tree:
+    if "params" not in tree and "adapters" not in tree:
         raise UserInputError(f"{path}: Orbax checkpoint has no 'params'")
     return tree
+
+
+def param_sources(step_dir: Path, tree: dict[str, Any]) -> list[tuple[Path, Any]]:
+    """Where the params of training step `step_dir` live, in lookup order, as (Orbax
+    directory, metadata tree): the step itself, then for a LoRA run the frozen base saved once
+    in `WORKDIR/frozen_params` (see `jaxembed.checkpoint`)."""
+    import orbax.checkpoint as ocp
+
+    from jaxembed.checkpoint import FROZEN_DIR
+
+    state = (step_dir / "state").absolute()
+    sources = []
+    if isinstance(tree.get("params"), dict) and tree["params"]:
+        sources.append((state, tree["params"]))
+    frozen = (step_dir.parent.parent / FROZEN_DIR).absolute()
+    if tree.get("adapters") and frozen.is_dir():
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            sources.append((frozen, checkpoint_tree(checkpointer, frozen)["params"]))
+    if not sources:
+        raise UserInputError(
+            f"{state}: the checkpoint holds no base model params"
+            + (f" and {frozen} is missing" if tree.get("adapters") else "")
+        )
+    return sources
 
 
 def adapter_settings(
@@ -592,22 +621,41 @@ def restore_numpy(
     try:
         tree = checkpoint_tree(checkpointer, path)
         adapters = adapter_settings(tree, run_config, path)
-        roots = {"params": tree["params"]} if with_params else {}
+        restored: dict[str, Any] = {}
+        if with_params:
+            # Later sources fill in what earlier ones lack (a LoRA step's frozen base).
+            params: dict[str, Any] = {}
+            for directory, meta in reversed(param_sources(step_dir, tree)):
+                params.update(_restore_roots(checkpointer, directory, {"params": meta})["params"])
+            restored["params"] = params
         if adapters is not None:
-            roots["adapters"] = adapters[0]
-        if not roots:
-            return {}, 0.0
-        args = ocp.args.PyTreeRestore(
-            item=roots,
-            restore_args={
-                k: _map_leaves(v, ocp.RestoreArgs(restore_type=np.ndarray))
-                for k, v in roots.items()
-            },
-            partial_restore=True,
-        )
-        return checkpointer.restore(path, args=args), (adapters[1] if adapters else 0.0)
+            restored.update(_restore_roots(checkpointer, path, {"adapters": adapters[0]}))
+        return restored, (adapters[1] if adapters else 0.0)
     finally:
         checkpointer.close()
+
+
+def _restore_roots(checkpointer: Any, path: Path, roots: dict[str, Any]) -> dict[str, Any]:
+    """The subtrees `roots` (metadata trees) of the Orbax pytree at `path`, as numpy."""
+    import orbax.checkpoint as ocp
+
+    args = ocp.args.PyTreeRestore(
+        item=roots,
+        restore_args={
+            k: _map_leaves(v, ocp.RestoreArgs(restore_type=np.ndarray)) for k, v in roots.items()
+        },
+        partial_restore=True,
+    )
+    return checkpointer.restore(path, args=args)
+
+
+def _walk(tree: Any, path: tuple[str, ...]) -> Any:
+    """The node at `path` of a nested dict, or None where the path leaves it."""
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
 
 
 def lookup(tree: Any, path: tuple[str, ...]) -> Any:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from jaxembed.cli import main
 
@@ -70,30 +70,88 @@ def _checkpoint(workdir, step=STEPS):
     return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
 
 
-def test_checkpoint_keeps_the_base_and_trains_the_adapters(run):
-    state = _checkpoint(run["workdir"])
+def _frozen(workdir):
+    return ocp.StandardCheckpointer().restore((workdir / "frozen_params").absolute())["params"]
+
+
+def test_the_base_is_saved_once_and_steps_hold_the_adapters(run):
+    workdir = run["workdir"]
     base = load_file(str(run["base"] / "model.safetensors"))
-    # Frozen: the checkpoint's q_proj of layer 0 is still the base model's.
+    # The frozen base, once per run: layer 0's q_proj is the base model's.
     q = base["layers.0.self_attn.q_proj.weight"]
-    ours = np.asarray(state["params"]["layers"]["self_attn"]["q_proj"]["kernel"][0])
+    ours = np.asarray(_frozen(workdir)["layers"]["self_attn"]["q_proj"]["kernel"][0])
     np.testing.assert_array_equal(ours.reshape(q.shape[1], -1).T, q)
-    b = np.asarray(state["adapters"]["layers"]["mlp"]["down_proj_lora_b"])
-    assert np.abs(b).max() > 0  # B starts at zero: training moved it
+    # Each step holds what was trained (and its optimizer state), not the base again.
+    for step in range(1, STEPS + 1):
+        state = _checkpoint(workdir, step)
+        assert state.get("params") is None
+        b = np.asarray(state["adapters"]["layers"]["mlp"]["down_proj_lora_b"])
+        assert np.abs(b).max() > 0  # B starts at zero: training moved it
 
 
 def test_a_lora_run_resumes_from_its_checkpoint(run, tmp_path):
     workdir = tmp_path / "workdir"
     shutil.copytree(run["workdir"], workdir)
+    frozen_before = _frozen(workdir)
     flags = [*run["flags"], f"--config.train.steps={STEPS + 1}"]
     assert main(["train", "--workdir", str(workdir), *flags]) == 0
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records][-1] == STEPS + 1
-    before, after = _checkpoint(workdir, STEPS), _checkpoint(workdir, STEPS + 1)
-    frozen = zip(jax.tree.leaves(before["params"]), jax.tree.leaves(after["params"]), strict=True)
+    frozen = zip(jax.tree.leaves(frozen_before), jax.tree.leaves(_frozen(workdir)), strict=True)
     for x, y in frozen:
         np.testing.assert_array_equal(x, y)
+    before, after = _checkpoint(workdir, STEPS), _checkpoint(workdir, STEPS + 1)
     b_before = before["adapters"]["layers"]["mlp"]["up_proj_lora_b"]
     assert np.abs(after["adapters"]["layers"]["mlp"]["up_proj_lora_b"] - b_before).max() > 0
+
+
+def test_resume_takes_the_base_from_the_run_in_either_step_format(run, tmp_path):
+    """Resuming gives the same loss from a current step (base in WORKDIR/frozen_params), from
+    a step written before the base moved out of step checkpoints (it holds the whole state),
+    and after the HF directory the run started from has changed: the base is the run's own
+    copy. The old-format step also exports as before, and its resumed run saves its base."""
+    current, old, changed = tmp_path / "current", tmp_path / "old", tmp_path / "changed"
+    for workdir in (current, old, changed):
+        shutil.copytree(run["workdir"], workdir)
+    whole = _checkpoint(old)
+    whole["params"] = _frozen(old)
+    state_dir = (old / "checkpoints" / str(STEPS) / "state").absolute()
+    shutil.rmtree(state_dir)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(state_dir, whole)
+        checkpointer.wait_until_finished()
+    shutil.rmtree(old / "frozen_params")
+    out = tmp_path / "merged"
+    assert main(["export", "--workdir", str(old), "--output", str(out)]) == 0
+    exported = load_file(str(out / "model.safetensors"))
+    for name, tensor in load_file(str(run["merged"] / "model.safetensors")).items():
+        np.testing.assert_array_equal(exported[name], tensor, err_msg=name)
+
+    moved = tmp_path / "base"
+    shutil.copytree(run["base"], moved)
+    weights = load_file(str(moved / "model.safetensors"))
+    save_file({k: v + 1.0 for k, v in weights.items()}, str(moved / "model.safetensors"))
+    flags = [*run["flags"], f"--config.train.steps={STEPS + 1}"]
+    losses = []
+    for workdir, hf_path in ((current, run["base"]), (old, run["base"]), (changed, moved)):
+        args = [*flags, f"--config.model.hf_path={hf_path}"]
+        assert main(["train", "--workdir", str(workdir), *args]) == 0
+        last = (workdir / "metrics.jsonl").read_text().splitlines()[-1]
+        losses.append(json.loads(last)["loss"])
+    assert losses[0] == losses[1] == losses[2], losses
+    assert (old / "frozen_params").is_dir()
+    assert _checkpoint(old, STEPS + 1).get("params") is None
+    for x, y in zip(*(jax.tree.leaves(_frozen(w)) for w in (current, changed)), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_export_without_the_frozen_base_is_a_clear_error(run, tmp_path, capsys):
+    workdir = tmp_path / "workdir"
+    shutil.copytree(run["workdir"], workdir)
+    shutil.rmtree(workdir / "frozen_params")
+    out = tmp_path / "out"
+    _fails(["export", "--workdir", str(workdir), "--output", str(out)], capsys, "frozen_params")
+    assert not out.exists()
 
 
 def test_merged_export_is_the_base_plus_the_low_rank_update(run):

@@ -32,8 +32,17 @@ def task(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(task):
     """A tiny reranker trained for a few steps and exported through the CLI."""
-    from jaxembed.config import default_config
     from jaxembed.train.loop import train
+
+    root, _, _ = task
+    result = train(_reranker_config(task), root / "run")
+    out = root / "exported"
+    assert main(["export", "--workdir", str(root / "run"), "--output", str(out)]) == 0
+    return result, out
+
+
+def _reranker_config(task):
+    from jaxembed.config import default_config
 
     root, data_dir, tokenizer = task
     config = default_config()
@@ -49,19 +58,10 @@ def trained(task):
     config.train.steps = 3
     config.train.log_every = 1
     config.train.checkpoint_every = 3
-    result = train(config, root / "run")
-    out = root / "exported"
-    assert main(["export", "--workdir", str(root / "run"), "--output", str(out)]) == 0
-    return result, out
+    return config
 
 
 def test_trained_reranker_exports_and_scores_as_in_training(task, trained):
-    import jax
-
-    from jaxembed.data.formats import load_beir
-    from jaxembed.models.reranker import Reranker, make_score_fn
-
-    root, data_dir, tokenizer = task
     result, out = trained
     assert len(result.history) == 3 and all(np.isfinite(r["loss"]) for r in result.history)
     config_json = json.loads((out / "config.json").read_text())
@@ -69,6 +69,43 @@ def test_trained_reranker_exports_and_scores_as_in_training(task, trained):
         "ForSequenceClassification"
     )
     assert config_json["jaxembed"]["reranker"]["template"] == DEFAULT_PAIR_TEMPLATE
+    _assert_scores_as_in_training(task, result.params, out)
+
+
+def test_lora_reranker_resumes_exactly_and_exports(task, tmp_path):
+    """LoRA on a reranker trains adapters and the score head: its steps hold those (the
+    frozen base is saved once), a resumed run logs the losses of an uninterrupted one, and
+    the export scores as the trained model does."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from jaxembed.train.loop import train
+
+    config = _reranker_config(task)
+    config.lora.rank, config.lora.alpha = 4, 8.0
+    config.train.checkpoint_every = 1
+    whole = train(config, tmp_path / "whole")
+    # As if killed after saving step 2: resume the same run from there.
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "3")
+    resumed = train(config, tmp_path / "resumed")
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history[2:]]
+    step = tmp_path / "resumed" / "checkpoints" / "3" / "state"
+    stored = ocp.StandardCheckpointer().restore(step.absolute())
+    assert set(stored["params"]) == {"score"} and stored["adapters"]
+    out = tmp_path / "exported"
+    assert main(["export", "--workdir", str(tmp_path / "resumed"), "--output", str(out)]) == 0
+    _assert_scores_as_in_training(task, resumed.params, out)
+
+
+def _assert_scores_as_in_training(task, params, out: Path) -> None:
+    import jax
+
+    from jaxembed.data.formats import load_beir
+    from jaxembed.models.reranker import Reranker, make_score_fn
+
+    root, data_dir, tokenizer = task
     data = load_beir(data_dir / "eval", "test")
     qid = next(iter(data.qrels))
     docs = list(data.corpus)[:6]
@@ -88,7 +125,7 @@ def test_trained_reranker_exports_and_scores_as_in_training(task, trained):
     mask = np.zeros_like(x)
     for i, row in enumerate(ids):
         x[i, : len(row)], mask[i, : len(row)] = row, 1
-    params = jax.device_get(result.params)
+    params = jax.device_get(params)
     score = make_score_fn(reranker.config)
     direct = np.asarray(score(params, {"input_ids": x, "attention_mask": mask}))
     np.testing.assert_allclose(ours, direct, atol=1e-5, rtol=0)

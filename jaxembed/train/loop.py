@@ -20,7 +20,12 @@ import jax
 import ml_collections
 
 from jaxembed import hf
-from jaxembed.checkpoint import Checkpointer
+from jaxembed.checkpoint import (
+    Checkpointer,
+    has_frozen_params,
+    restore_frozen_params,
+    save_frozen_params,
+)
 from jaxembed.config import RUN_CONFIG_NAME
 from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineConfig
 from jaxembed.data.formats import load_beir, read_training_jsonl
@@ -37,7 +42,14 @@ from jaxembed.models.reranker import init_reranker_params, load_reranker_params,
 from jaxembed.progress import progress_bar
 from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
 from jaxembed.train.metrics_log import MetricsLog
-from jaxembed.train.state import create_state, optimizer_from_config
+from jaxembed.train.state import (
+    TrainState,
+    checkpointed,
+    create_state,
+    frozen_params,
+    optimizer_from_config,
+    with_frozen_params,
+)
 from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
 
 log = logging.getLogger(__name__)
@@ -242,6 +254,9 @@ def merged_params(state: Any, mcfg: LlamaConfig) -> Any:
     """The model the state stands for: its params, with LoRA adapters merged in."""
     if state.adapters is None:
         return state.params
+    if "backbone" in state.params:  # a reranker: the adapters belong to its backbone
+        backbone = _merge_on_device(state.params["backbone"], state.adapters, mcfg.lora.scale)
+        return {**state.params, "backbone": backbone}
     return _merge_on_device(state.params, state.adapters, mcfg.lora.scale)
 
 
@@ -324,6 +339,21 @@ def load_datasets(config: ml_collections.ConfigDict) -> list[DatasetSpec]:
     return specs
 
 
+def _restore(
+    checkpointer: Checkpointer, step: int, state: TrainState, workdir: Path
+) -> tuple[TrainState, dict[str, Any] | None]:
+    """`state` (fresh, with the run's shardings) replaced by checkpoint `step`. A LoRA step
+    holds only what was trained; its frozen base comes from `WORKDIR/frozen_params` (steps
+    written before the base moved out still hold it and restore whole)."""
+    if state.adapters is None:
+        return checkpointer.restore(step, state)
+    frozen = frozen_params(state.params)
+    if set(frozen) <= checkpointer.saved_param_keys(step):
+        return checkpointer.restore(step, state)
+    restored, saved = checkpointer.restore(step, checkpointed(state))
+    return with_frozen_params(restored, restore_frozen_params(workdir, frozen)), saved
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     """Run (or resume) training in `workdir`; returns the logged history of this call."""
     workdir = Path(workdir)
@@ -349,6 +379,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     shardings = state_shardings(mcfg, optimizer, mesh, config.model.task)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
     latest = checkpointer.latest_step()
+    # Looked at before any collective restore or save, so every process decides alike.
+    base_saved = has_frozen_params(workdir)
     init_state = jax.jit(
         lambda params, rng, adapters: create_state(params, optimizer, rng, adapters),
         out_shardings=shardings,
@@ -374,9 +406,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     state = init_state(params, jax.random.fold_in(rng, 1), adapters)
     data_state = None
     if latest is not None:
-        state, saved = checkpointer.restore(latest, state)
+        state, saved = _restore(checkpointer, latest, state, workdir)
         data_state = IteratorState.from_dict(saved) if saved else None
         log.info("resumed from step %d", latest)
+    if state.adapters is not None and (latest is None or not base_saved):
+        # Once per run (or when resuming a step written before the base moved out of steps).
+        save_frozen_params(workdir, frozen_params(state.params))
     start_step = int(state.step)
 
     metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0)
@@ -441,12 +476,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
                     window_start, window_tokens = time.perf_counter(), 0.0
                 progress.update(1)
                 if preemption.requested:
-                    checkpointer.save(done, state, iterator.state.to_dict(), force=True)
+                    checkpointer.save(
+                        done, checkpointed(state), iterator.state.to_dict(), force=True
+                    )
                     preempted = True
                     log.warning("SIGTERM: saved step %d and stopping", done)
                     break
                 if done % t.checkpoint_every == 0 or done == t.steps:
-                    checkpointer.save(done, state, iterator.state.to_dict())
+                    checkpointer.save(done, checkpointed(state), iterator.state.to_dict())
             progress.close()
     finally:
         checkpointer.close()

@@ -51,6 +51,27 @@ def with_trainable(state: TrainState, values: Any) -> TrainState:
     return state.replace(params=params, adapters=values["adapters"])
 
 
+def checkpointed(state: TrainState) -> TrainState:
+    """What a step checkpoint stores. With LoRA the frozen base is left out (it is saved once
+    per run, see `jaxembed.checkpoint.save_frozen_params`): only a reranker's score head, if
+    any, stays in `params`."""
+    if state.adapters is None:
+        return state
+    return state.replace(
+        params={"score": state.params["score"]} if "score" in state.params else None
+    )
+
+
+def frozen_params(params: Any) -> Any:
+    """The part of a LoRA run's params that never changes (all but a reranker's score head)."""
+    return {k: v for k, v in params.items() if k != "score"}
+
+
+def with_frozen_params(state: TrainState, frozen: Any) -> TrainState:
+    """A state restored from `checkpointed` form, made whole again with the frozen base."""
+    return state.replace(params={**frozen, **(state.params or {})})
+
+
 def learning_rate_schedule(
     peak: float, total_steps: int, warmup_steps: int, decay: str = "linear", end_factor: float = 0.0
 ) -> optax.Schedule:
