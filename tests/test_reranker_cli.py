@@ -72,10 +72,12 @@ def test_trained_reranker_exports_and_scores_as_in_training(task, trained):
     _assert_scores_as_in_training(task, result.params, out)
 
 
+@pytest.mark.slow
 def test_lora_reranker_resumes_exactly_and_exports(task, tmp_path):
     """LoRA on a reranker trains adapters and the score head: its steps hold those (the
     frozen base is saved once), a resumed run logs the losses of an uninterrupted one, and
-    the export scores as the trained model does."""
+    the export scores as the trained model does. (Slow; tests/test_lora_checkpoint.py covers
+    the reranker's checkpoint split and adapter merge in the default run.)"""
     import shutil
 
     import orbax.checkpoint as ocp
