@@ -14,12 +14,16 @@ then ~0.5 GB (adapters and their AdamW moments in f32) instead of the whole mode
 from __future__ import annotations
 
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from jaxembed.checkpoint_integrity import check_compatible, fingerprint, verify
 from jaxembed.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -27,14 +31,41 @@ TMP_MARKER = ".orbax-checkpoint-tmp"
 FROZEN_DIR = "frozen_params"  # under the workdir, beside checkpoints/
 
 
+class CheckpointSaveError(Exception):
+    """Saving `step` failed (in the background or at once): `cause` says why in one line.
+    Orbax wrote into a temporary directory, so complete checkpoints are untouched."""
+
+    def __init__(self, step: int, error: BaseException) -> None:
+        self.step, self.cause = step, describe_io_error(error)
+        super().__init__(f"saving checkpoint step {step} failed ({self.cause})")
+
+
+def describe_io_error(error: BaseException) -> str:
+    """One line for a storage error: the OS's words when TensorStore quotes an errno (its
+    messages are long paths into the OCDBT database), else the error's first line."""
+    text = str(error)
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if code:
+        return os.strerror(int(code.group(1)))
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    lines = text.strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True) -> None:
         self.directory = Path(directory).absolute()
+        self._keep, self._async = keep, async_save
+        self._in_flight: int | None = None  # the step an asynchronous save is writing
         self._warn_about_partial_saves()
-        self._manager = ocp.CheckpointManager(
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+                max_to_keep=self._keep, enable_async_checkpointing=self._async, create=True
             ),
         )
 
@@ -56,24 +87,70 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(
-        self, step: int, state: Any, data_state: dict[str, Any] | None, force: bool = False
+        self,
+        step: int,
+        state: Any,
+        data_state: dict[str, Any] | None,
+        meta: dict[str, Any] | None = None,
+        force: bool = False,
     ) -> None:
-        args = {"state": ocp.args.StandardSave(state)}
+        """Start an asynchronous save of `state`; its per-array checksums go beside it (see
+        `checkpoint_integrity`), so a restore can tell corrupt data from good."""
+        self._finish_in_flight()
+        checksums, _ = fingerprint(state)
+        args = {
+            "state": ocp.args.StandardSave(state),
+            "meta": ocp.args.JsonSave({**(meta or {}), "checksums": checksums}),
+        }
         if data_state is not None:
             args["data"] = ocp.args.JsonSave(data_state)
-        self._manager.save(step, args=ocp.args.Composite(**args), force=force)
+        self._in_flight = step
+        try:
+            self._manager.save(step, args=ocp.args.Composite(**args), force=force)
+        except Exception as e:
+            raise CheckpointSaveError(step, e) from e
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any] | None]:
-        """State with the shardings of `abstract_state` (ShapeDtypeStructs or arrays)."""
+    def _finish_in_flight(self) -> None:
+        """Wait for the save in flight; its error, if any, is that step's (Orbax would
+        otherwise raise it from the next save, naming no step)."""
+        step, self._in_flight = self._in_flight, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointSaveError(step if step is not None else -1, e) from e
+
+    def restore(
+        self, step: int, abstract_state: Any
+    ) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+        """State with the shardings of `abstract_state` (ShapeDtypeStructs or arrays), the
+        data iterator's state and the run metadata saved with it.
+
+        Raises CheckpointMismatch (a config error) when the step holds another model, and
+        CorruptCheckpoint (or whatever Orbax raises) when it cannot be read back intact."""
         target = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state
         )
+        step_dir = self.directory / str(step)
+        check_compatible(saved_tree(step_dir / "state"), target, step)
+        items = [name for name in ("data", "meta") if (step_dir / name).is_dir()]
         args = {"state": ocp.args.StandardRestore(target)}
-        has_data = (self.directory / str(step) / "data").is_dir()
-        if has_data:
-            args["data"] = ocp.args.JsonRestore()
+        args.update({name: ocp.args.JsonRestore() for name in items})
         restored = self._manager.restore(step, args=ocp.args.Composite(**args))
-        return restored["state"], (restored["data"] if has_data else None)
+        meta = restored["meta"] if "meta" in items else {}
+        verify(restored["state"], meta.get("checksums"), step)
+        return restored["state"], (restored["data"] if "data" in items else None), meta
+
+    def set_aside(self, step: int, destination: Path) -> None:
+        """Move step `step` out of the checkpoint directory (process 0 moves, every process
+        reopens), so that it is neither resumed from nor counted by retention, and newer
+        saves are not refused for being older than it."""
+        if jax.process_index() == 0:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.directory / str(step), destination)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"jaxembed set aside step {step}")
+        self._manager.close()
+        self._manager = self._open()
 
     def saved_param_keys(self, step: int) -> set[str]:
         """Top-level keys of the params stored in `step` (a LoRA step of the current format
@@ -84,11 +161,27 @@ class Checkpointer:
         return set(params) if isinstance(params, dict) else set()
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        self._finish_in_flight()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for saves in flight and release the manager; a second call does nothing."""
+        if self._manager is None:
+            return
+        try:
+            self._finish_in_flight()
+        finally:
+            manager, self._manager = self._manager, None
+            manager.close()
+
+
+def describe_last_complete(directory: Path) -> str:
+    """'step 20 (DIR/20)' for the newest complete step on disk, as a restart would find it
+    (read from the directory: after a failed save a manager's own view may be stale)."""
+    directory = Path(directory).absolute()
+    steps = [int(p.name) for p in directory.glob("*") if p.name.isdigit()]
+    if not steps:
+        return "none yet (a restart begins at step 0)"
+    return f"step {max(steps)} ({directory / str(max(steps))})"
 
 
 def saved_tree(path: Path) -> dict[str, Any]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from jaxembed.errors import UserInputError
+from jaxembed.errors import RunStopped, UserInputError
 from jaxembed.host_memory import retain_freed_memory
+from jaxembed.platforms import prefer_cpu_without_accelerators
 
 
 def _parse_mesh(text: str) -> tuple[int, int, int]:
@@ -55,7 +58,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from jaxembed import distributed
+    from jaxembed.checkpoint import describe_last_complete
     from jaxembed.config import apply_overrides, default_config, load_config
+    from jaxembed.peers import watch_peers
     from jaxembed.train.loop import train
 
     config = load_config(args.config) if args.config else default_config()
@@ -67,7 +72,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         timeout_s=args.init_timeout,
         launcher=args.launcher,
     )
-    result = train(config, args.workdir)
+    watch = watch_peers(
+        args.peer_timeout, lambda: describe_last_complete(Path(args.workdir) / "checkpoints")
+    )
+    try:
+        result = train(config, args.workdir)
+    except BaseException as e:
+        if watch is not None:
+            # JAX's exit-time shutdown barrier would wait for peers that may never arrive.
+            args.exit_at_once = True
+            if not isinstance(e, UserInputError):
+                watch.settle()  # a lost peer is reported (and exits) from the watch thread
+            watch.finish(f"{type(e).__name__}: {str(e).strip()[:300]}")
+        raise
+    if watch is not None:
+        watch.finish()
     status = "stopped by SIGTERM at" if result.preempted else "finished at"
     if distributed.is_main_process():
         print(f"training {status} step {result.final_step}; workdir {args.workdir}")
@@ -369,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--init-timeout", type=int, default=300, help="seconds to wait for every process"
     )
+    tr.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=30.0,
+        help="multi-process: seconds without a peer's heartbeat before the run stops",
+    )
     tr.set_defaults(func=cmd_train)
 
     pl = sub.add_parser(
@@ -542,14 +567,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.overrides = overrides
     retain_freed_memory()  # before JAX starts its threads; see host_memory.py
+    prefer_cpu_without_accelerators()  # before JAX starts a backend; see platforms.py
     if getattr(args, "check", None):
         args.check(parser, args)
+    code = run_reporting_errors(args.command, lambda: args.func(args))
+    if code and getattr(args, "exit_at_once", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _hide_orbax_logs() -> None:
+    """Orbax logs each failure of its background save threads (with tracebacks) before the
+    error reaches jaxembed, which then reports it in one line; its routine notes say nothing
+    a user acts on either. JAXEMBED_DEBUG=1 keeps them."""
+    import logging
+
+    from absl import logging as absl_logging  # its logger class names the real caller
+
+    def not_orbax(record: logging.LogRecord) -> bool:
+        return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+    absl_logging.get_absl_logger().addFilter(not_orbax)
+
+
+def run_reporting_errors(command: str, body: Callable[[], object]) -> int:
+    """Run a command; every failure a user can reach is one line on stderr and an exit
+    status (2 bad input, 1 a stopped run or an unexpected error, 130 interrupted). The
+    traceback is shown only with JAXEMBED_DEBUG=1."""
+    debug = os.environ.get("JAXEMBED_DEBUG", "") not in ("", "0")
+    if not debug:
+        _hide_orbax_logs()
     try:
-        args.func(args)
+        body()
+        return 0
     except UserInputError as e:
-        print(f"jaxembed {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        message, code = str(e), 2
+    except RunStopped as e:
+        message, code = str(e), 1
+    except KeyboardInterrupt:
+        message, code = "interrupted; outputs are written atomically, none was left half-done", 130
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        message, code = f"{where}{e.strerror or e}", 1
+    except Exception as e:  # a bug or an unforeseen fault: still one line
+        text = str(e).strip().splitlines()
+        message = f"unexpected {type(e).__name__}: {text[0] if text else ''}"
+        if not debug:
+            message += " (set JAXEMBED_DEBUG=1 for the traceback)"
+        code = 1
+    if debug:
+        traceback.print_exc()
+    print(f"jaxembed {command}: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -106,6 +106,10 @@ def default_config() -> ml_collections.ConfigDict:
         log_every=10,
         checkpoint_every=50,
         keep_checkpoints=3,
+        # A non-finite loss or gradient: "halt" stops at the next log/checkpoint step without
+        # saving; "skip" drops such updates and halts after this many in a row.
+        nonfinite="halt",
+        max_consecutive_nonfinite=10,
         eval_every=0,  # steps between held-out retrieval evaluations (0 = never)
         peak_flops=0.0,  # per-device peak FLOP/s for the MFU estimate; 0 = don't report MFU
     )

@@ -1,8 +1,15 @@
-"""The one exception type for bad user input (files, configs, flags).
+"""The exceptions the CLI reports as one line (no traceback unless JAXEMBED_DEBUG=1).
 
-The CLI turns it into a one-line message and exit status 2; anything else is a bug.
+`UserInputError` is bad input (files, configs, flags): exit status 2. `RunStopped` is a run
+that stopped on a fault it detected (a non-finite step, a failed checkpoint save, a lost
+peer): exit status 1. Their messages name the file, line, key or step and what is wrong.
+Anything else reaching the CLI is a bug, still reported in one line.
 """
 
 
 class UserInputError(ValueError):
     """Bad input from the user; the message names the file, line or key and what is wrong."""
+
+
+class RunStopped(RuntimeError):
+    """A run stopped on a fault; the message says what happened and what a restart resumes."""

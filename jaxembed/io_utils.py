@@ -44,3 +44,16 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def check_writable_directory(path: str | Path, what: str) -> None:
+    """Create `path` if needed and prove a file can be written there, before any work is done
+    (read-only storage, a full disk or a file in the way is named now, not at step 1000)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserInputError(f"{path}: {what} is not writable ({e.strerror or e})") from None

@@ -4,11 +4,7 @@ SIGTERM, 2 processes = 1 process, and config errors before any compile."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,60 +12,19 @@ import numpy as np
 import pytest
 
 from jaxembed.cli import main
-from jaxembed.demo import train_tokenizer
-from jaxembed.synthetic import make_task, write_task
+
+from data_helpers.train_cli import free_port, logged_losses, start_cli, train_args, write_task_dir
 
 STEPS = 40
 
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("task")
-    task = make_task(0, train_docs=200, eval_docs=50, eval_queries=20)
-    write_task(task, directory)
-    texts = [r["query"] for r in task.train_records] + [task.instruction] * 5
-    texts += [p["text"] for r in task.train_records for p in r["positives"]]
-    tokenizer = train_tokenizer(texts, vocab_size=400)
-    tokenizer.save_pretrained(str(directory / "tokenizer"))
-    return directory
+    return write_task_dir(tmp_path_factory.mktemp("task"))
 
 
 def _args(task_dir: Path, workdir: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--config",
-        str(Path(__file__).parents[1] / "configs" / "tiny.py"),
-        "--workdir",
-        str(workdir),
-        f"--config.data.train_files={task_dir / 'train.jsonl'}",
-        f"--config.data.tokenizer={task_dir / 'tokenizer'}",
-        "--config.data.global_batch_size=16",
-        "--config.data.num_negatives=2",
-        "--config.data.query_max_length=32",
-        "--config.data.passage_max_length=32",
-        "--config.data.prefetch=0",
-        f"--config.train.steps={STEPS}",
-        "--config.train.log_every=1",
-        "--config.train.checkpoint_every=4",
-        "--config.optimizer.warmup_steps=2",
-        *extra,
-    ]
-
-
-def _losses(workdir: Path) -> dict[int, float]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return {json.loads(x)["step"]: json.loads(x)["loss"] for x in lines}
-
-
-def _subprocess(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.Popen(
-        [sys.executable, "-m", "jaxembed", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return train_args(task_dir, workdir, STEPS, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +35,7 @@ def reference_run(task_dir, tmp_path_factory):
 
 
 def test_train_end_to_end(reference_run):
-    losses = _losses(reference_run)
+    losses = logged_losses(reference_run)
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert np.mean([losses[s] for s in range(STEPS - 2, STEPS + 1)]) < losses[1]
     steps = sorted(
@@ -95,7 +50,7 @@ def test_train_end_to_end(reference_run):
 
 def test_exact_resume_after_sigkill(task_dir, reference_run, tmp_path):
     workdir = tmp_path / "killed"
-    proc = _subprocess(_args(task_dir, workdir))
+    proc = start_cli(_args(task_dir, workdir))
     try:
         deadline = time.time() + 300
         while not (workdir / "checkpoints" / "8").is_dir():
@@ -105,10 +60,10 @@ def test_exact_resume_after_sigkill(task_dir, reference_run, tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    interrupted = _losses(workdir)
+    interrupted = logged_losses(workdir)
     assert max(interrupted) < STEPS, "the run finished before it could be killed"
     assert main(_args(task_dir, workdir)) == 0
-    ref, resumed = _losses(reference_run), _losses(workdir)
+    ref, resumed = logged_losses(reference_run), logged_losses(workdir)
     assert sorted(resumed) == list(range(1, STEPS + 1))  # nothing repeated or skipped
     np.testing.assert_allclose([resumed[s] for s in ref], list(ref.values()), rtol=0, atol=1e-6)
 
@@ -125,15 +80,15 @@ def test_partial_checkpoint_is_ignored_with_a_warning(task_dir, reference_run, t
     with caplog.at_level("WARNING"):
         assert main(_args(task_dir, workdir, f"--config.train.steps={STEPS + 2}")) == 0
     assert "ignoring incomplete checkpoint" in caplog.text
-    losses = _losses(workdir)
+    losses = logged_losses(workdir)
     assert sorted(losses) == list(range(1, STEPS + 3))  # resumed from step STEPS
 
 
 def test_sigterm_saves_and_exits_cleanly(task_dir, tmp_path):
     workdir = tmp_path / "preempted"
-    proc = _subprocess(_args(task_dir, workdir, "--config.train.steps=100000"))
+    proc = start_cli(_args(task_dir, workdir, "--config.train.steps=100000"))
     deadline = time.time() + 300
-    while not (workdir / "metrics.jsonl").exists() or len(_losses(workdir)) < 3:
+    while not (workdir / "metrics.jsonl").exists() or len(logged_losses(workdir)) < 3:
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
@@ -162,12 +117,6 @@ def test_config_errors_before_any_compile(task_dir, tmp_path, capsys):
         assert not (workdir / "checkpoints").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_log_the_single_process_losses(task_dir, tmp_path):
     # Adam moves every coordinate by ~lr whatever its gradient's size, so a near-zero
     # gradient whose sign rests on summation order (1 vs 2 processes add partial sums in
@@ -176,13 +125,13 @@ def test_two_processes_log_the_single_process_losses(task_dir, tmp_path):
     reference = tmp_path / "single"
     assert main(_args(task_dir, reference, lr)) == 0
     workdir = tmp_path / "multi"
-    port = _free_port()
+    port = free_port()
     env = {
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
         "JAX_PLATFORMS": "cpu",
     }
     procs = [
-        _subprocess(
+        start_cli(
             _args(task_dir, workdir, lr)
             + [
                 "--coordinator",
@@ -205,7 +154,7 @@ def test_two_processes_log_the_single_process_losses(task_dir, tmp_path):
             proc.kill()
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out
-    ref, multi = _losses(reference), _losses(workdir)
+    ref, multi = logged_losses(reference), logged_losses(workdir)
     assert sorted(multi) == sorted(ref)
     np.testing.assert_allclose([multi[s] for s in ref], list(ref.values()), rtol=0, atol=1e-5)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxembed.errors import UserInputError
+from jaxembed.platforms import quiet_compile_only_tpu
 
 GiB = 1024**3
 
@@ -118,6 +119,7 @@ def compile_only_devices(topology: Topology) -> list[Any]:
     # A second process (another jaxembed run that touched libtpu) would otherwise hold the
     # libtpu lock file and make this one fail; compiling needs no exclusive chip access.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    quiet_compile_only_tpu(topology.accelerator_type)
     from jax.experimental import topologies
 
     # v4 and v5p: one device per chip (megacore), as JAX runs them on real slices.

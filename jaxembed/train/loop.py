@@ -7,6 +7,7 @@ would have. SIGTERM (preemption) saves a checkpoint at the next step boundary an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -22,6 +23,8 @@ import ml_collections
 from jaxembed import hf
 from jaxembed.checkpoint import (
     Checkpointer,
+    CheckpointSaveError,
+    describe_last_complete,
     has_frozen_params,
     restore_frozen_params,
     save_frozen_params,
@@ -30,9 +33,9 @@ from jaxembed.config import RUN_CONFIG_NAME
 from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineConfig
 from jaxembed.data.formats import load_beir, read_training_jsonl
 from jaxembed.data.pairs import check_pair_template
-from jaxembed.errors import UserInputError
+from jaxembed.errors import RunStopped, UserInputError
 from jaxembed.evaluate import evaluate_retrieval
-from jaxembed.io_utils import atomic_file
+from jaxembed.io_utils import atomic_file, check_writable_directory
 from jaxembed.losses import CONTRASTIVE_VARIANTS, RANKING_LOSSES
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.llama import LlamaConfig, adapter_shapes, init_adapters, init_params
@@ -42,6 +45,9 @@ from jaxembed.models.reranker import init_reranker_params, load_reranker_params,
 from jaxembed.progress import progress_bar
 from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
 from jaxembed.train.metrics_log import MetricsLog
+from jaxembed.train.nonfinite import NonFiniteGuard
+from jaxembed.train.nonfinite import check_settings as check_nonfinite_settings
+from jaxembed.train.resume import resume_latest
 from jaxembed.train.state import (
     TrainState,
     checkpointed,
@@ -175,6 +181,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             raise UserInputError("train.eval_every is single-process only for now; set it to 0")
     if config.train.steps < 1:
         raise UserInputError(f"train.steps={config.train.steps}: must be >= 1")
+    check_nonfinite_settings(config.train.nonfinite, config.train.max_consecutive_nonfinite)
 
 
 def _validate_lora(config: ml_collections.ConfigDict) -> None:
@@ -341,7 +348,7 @@ def load_datasets(config: ml_collections.ConfigDict) -> list[DatasetSpec]:
 
 def _restore(
     checkpointer: Checkpointer, step: int, state: TrainState, workdir: Path
-) -> tuple[TrainState, dict[str, Any] | None]:
+) -> tuple[TrainState, dict[str, Any] | None, dict[str, Any]]:
     """`state` (fresh, with the run's shardings) replaced by checkpoint `step`. A LoRA step
     holds only what was trained; its frozen base comes from `WORKDIR/frozen_params` (steps
     written before the base moved out still hold it and restore whole)."""
@@ -350,14 +357,40 @@ def _restore(
     frozen = frozen_params(state.params)
     if set(frozen) <= checkpointer.saved_param_keys(step):
         return checkpointer.restore(step, state)
-    restored, saved = checkpointer.restore(step, checkpointed(state))
-    return with_frozen_params(restored, restore_frozen_params(workdir, frozen)), saved
+    restored, saved, meta = checkpointer.restore(step, checkpointed(state))
+    return with_frozen_params(restored, restore_frozen_params(workdir, frozen)), saved, meta
+
+
+def _clean_record(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: a skipped step's non-finite loss is logged as null."""
+    return {
+        k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()
+    }
+
+
+def _save_failed(checkpointer: Checkpointer, error: CheckpointSaveError) -> RunStopped:
+    """A failed save (full disk, lost storage) as one line; Orbax wrote into a temporary
+    directory, so the complete checkpoints before it are untouched."""
+    return RunStopped(
+        f"saving checkpoint step {error.step} to {checkpointer.directory} failed "
+        f"({error.cause}); the last complete checkpoint is "
+        f"{describe_last_complete(checkpointer.directory)}"
+    )
+
+
+def _close_checkpointer(checkpointer: Checkpointer) -> None:
+    """Wait for the save in flight (a background save's error surfaces here)."""
+    try:
+        checkpointer.close()
+    except CheckpointSaveError as e:
+        raise _save_failed(checkpointer, e) from None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     """Run (or resume) training in `workdir`; returns the logged history of this call."""
     workdir = Path(workdir)
     validate(config, jax.device_count())
+    check_writable_directory(workdir, "the workdir")
     mesh = make_mesh((config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
     mcfg = model_config(config)
     tokenizer = hf.load_tokenizer(
@@ -378,7 +411,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     t = config.train
     shardings = state_shardings(mcfg, optimizer, mesh, config.model.task)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
-    latest = checkpointer.latest_step()
     # Looked at before any collective restore or save, so every process decides alike.
     base_saved = has_frozen_params(workdir)
     init_state = jax.jit(
@@ -404,11 +436,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
             jax.random.fold_in(rng, 3)
         )
     state = init_state(params, jax.random.fold_in(rng, 1), adapters)
-    data_state = None
-    if latest is not None:
-        state, saved = _restore(checkpointer, latest, state, workdir)
+    data_state, meta = None, {}
+    resumed = resume_latest(
+        checkpointer, workdir, lambda step: _restore(checkpointer, step, state, workdir), config
+    )
+    if resumed is not None:
+        latest, (state, saved, meta) = resumed
         data_state = IteratorState.from_dict(saved) if saved else None
         log.info("resumed from step %d", latest)
+    else:
+        latest = None
     if state.adapters is not None and (latest is None or not base_saved):
         # Once per run (or when resuming a step written before the base moved out of steps).
         save_frozen_params(workdir, frozen_params(state.params))
@@ -436,28 +473,57 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     flops_per_token = model_flops_per_token(
         mcfg, max(config.data.query_max_length, config.data.passage_max_length)
     )
+    guard = NonFiniteGuard(
+        t.nonfinite, t.max_consecutive_nonfinite, mesh, skipped=int(meta.get("skipped_steps", 0))
+    )
+
+    def check_finite() -> None:
+        """Halt (nothing saved) if the policy says so; every save is preceded by this."""
+        event = guard.check()
+        if event is not None:
+            _close_checkpointer(checkpointer)
+            raise RunStopped(
+                f"{event.describe()}; the run stopped and saved nothing after it; the last "
+                f"good checkpoint is {describe_last_complete(checkpointer.directory)}; lower "
+                "optimizer.learning_rate (or set train.nonfinite=skip) and restart"
+            )
+
+    def save(done: int, force: bool = False) -> None:
+        check_finite()
+        try:
+            checkpointer.save(
+                done,
+                checkpointed(state),
+                iterator.state.to_dict(),
+                meta={"skipped_steps": guard.skipped},
+                force=force,
+            )
+        except CheckpointSaveError as e:
+            raise _save_failed(checkpointer, e) from None
+
+    progress = progress_bar(
+        total=t.steps,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        disable=jax.process_index() != 0,
+    )
     try:
         with iterator, _Preemption() as preemption:
-            progress = progress_bar(
-                total=t.steps,
-                initial=start_step,
-                desc="train",
-                unit="step",
-                disable=jax.process_index() != 0,
-            )
             window_start, window_tokens = time.perf_counter(), 0.0
             for step in range(start_step, t.steps):
                 batch = next(iterator)
                 batch.pop("dataset_index", None)
                 state, metrics = train_step(state, batch)
+                guard.update(metrics, step + 1)
                 # Summed on device: reading metrics every step would stall async dispatch.
                 window_tokens = window_tokens + metrics["tokens"]
                 done = step + 1
                 evaluate_now = evaluator is not None and done % t.eval_every == 0
                 if done % t.log_every == 0 or done == t.steps or evaluate_now:
+                    check_finite()
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    if not math.isfinite(values["loss"]):
-                        raise FloatingPointError(f"loss became {values['loss']} at step {done}")
+                    values["skipped_steps"] = guard.skipped
                     elapsed = time.perf_counter() - window_start
                     record = {"step": done, **values}
                     record["tokens_per_second"] = float(window_tokens) / max(elapsed, 1e-9)
@@ -466,26 +532,27 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
                         record["mfu"] = achieved / (config.train.peak_flops * jax.device_count())
                     if evaluate_now:
                         record.update(evaluator(merged_params(state, mcfg)))
+                    record = _clean_record(record)
                     history.append(record)
                     metrics_log.write(record)
                     progress.set_postfix(
-                        loss=f"{values['loss']:.4f}",
+                        loss=f"{values['loss']:.4f}" if math.isfinite(values["loss"]) else "nan",
                         tok_s=f"{record['tokens_per_second']:.0f}",
                         refresh=False,
                     )
                     window_start, window_tokens = time.perf_counter(), 0.0
                 progress.update(1)
                 if preemption.requested:
-                    checkpointer.save(
-                        done, checkpointed(state), iterator.state.to_dict(), force=True
-                    )
+                    save(done, force=True)
                     preempted = True
                     log.warning("SIGTERM: saved step %d and stopping", done)
                     break
                 if done % t.checkpoint_every == 0 or done == t.steps:
-                    checkpointer.save(done, checkpointed(state), iterator.state.to_dict())
-            progress.close()
+                    save(done)
+        _close_checkpointer(checkpointer)
     finally:
-        checkpointer.close()
+        progress.close()
+        with contextlib.suppress(Exception):  # already failing: the first error is reported
+            checkpointer.close()
         metrics_log.close()
     return TrainResult(workdir, int(state.step), history, preempted, merged_params(state, mcfg))

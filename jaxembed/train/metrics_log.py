@@ -40,7 +40,7 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
-            if key != "step":
+            if key != "step" and value is not None:
                 self._writer.add_scalar(f"train/{key}", value, record["step"])
         self._writer.flush()
 

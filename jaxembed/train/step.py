@@ -135,15 +135,30 @@ def _apply_gradients(
     schedule: optax.Schedule,
     metrics: dict[str, jax.Array],
 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update, applied only when it is finite.
+
+    A step whose loss, gradient norm or update norm is not finite leaves params and optimizer
+    state as they were (as `optax.apply_if_finite` does) and reports `nonfinite=1`; the step
+    counter still advances, since its batch was consumed. Whether such a step skips or halts
+    the run is the loop's policy (`train.nonfinite`), decided from that flag."""
     values = trainable(state.params, state.adapters)
     updates, opt_state = optimizer.update(grads, state.opt_state, values)
+    grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
     new_values = optax.apply_updates(values, updates)
+    kept = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (new_values, opt_state),
+        (values, state.opt_state),
+    )
     metrics = dict(metrics)
     metrics.update(
-        grad_norm=optax.tree.norm(grads),
+        grad_norm=grad_norm,
+        update_norm=update_norm,
+        nonfinite=jnp.logical_not(finite).astype(jnp.int32),
         learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
     )
-    new_state = with_trainable(state, new_values).replace(step=state.step + 1, opt_state=opt_state)
+    new_state = with_trainable(state, kept[0]).replace(step=state.step + 1, opt_state=kept[1])
     return new_state, metrics
 
 
