@@ -18,9 +18,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from data_helpers.train_cli import free_port, logged_losses, start_cli, train_args, write_task_dir
 from jaxembed.checkpoint_integrity import named_leaves, verify
 from jaxembed.cli import main
+
+from data_helpers.train_cli import free_port, logged_losses, start_cli, train_args, write_task_dir
 
 STEPS = 12  # checkpoints at 4, 8 and 12
 
@@ -42,7 +43,7 @@ def _saved_steps(workdir: Path) -> list[int]:
 
 
 def _restore_state(workdir: Path, step: int) -> dict:
-    return ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state"))
+    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
 
 
 def _meta(workdir: Path, step: int) -> dict:
@@ -108,7 +109,8 @@ import jaxembed.checkpoint as checkpoint
 from orbax.checkpoint._src.path import atomicity
 from orbax.checkpoint._src.serialization import serialization
 
-target, point, marker = int(os.environ["STALL_STEP"]), os.environ["STALL_AT"], os.environ["STALL_MARKER"]
+target, point = int(os.environ["STALL_STEP"]), os.environ["STALL_AT"]
+marker = os.environ["STALL_MARKER"]
 saving = {"step": None}
 original_save = checkpoint.Checkpointer.save
 
