@@ -10,10 +10,13 @@ mesh computes the same number from an intact checkpoint.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxembed.errors import UserInputError
@@ -108,6 +111,36 @@ def fingerprint(tree: Any) -> tuple[dict[str, int], bool]:
     )
     sums, finite = jax.device_get(fn(tree))
     return {name: int(v) for name, v in named_leaves(sums).items()}, bool(finite)
+
+
+def numpy_checksum(array: np.ndarray) -> int:
+    """The checksum `fingerprint` computes, for a host array (as export reads them)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype == np.bool_ or array.dtype.itemsize == 1:
+        words = array.astype(np.uint32)
+    elif array.dtype.itemsize == 2:
+        words = array.view(np.uint16)
+    else:
+        words = array.view(np.uint32)
+    return int(words.astype(np.uint64).sum() % 2**32)
+
+
+def saved_checksums(step_dir: Path) -> dict[str, int] | None:
+    """The checksums saved with a step (None for steps written before they were)."""
+    try:
+        meta = json.loads((Path(step_dir) / "meta" / "metadata").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta.get("checksums")
+
+
+def check_array(array: np.ndarray, checksums: dict[str, int] | None, name: str) -> None:
+    """Raise CorruptCheckpoint if a host array read from a checkpoint differs from what was
+    saved under `name`."""
+    if checksums is None or name not in checksums:
+        return
+    if numpy_checksum(array) != checksums[name]:
+        raise CorruptCheckpoint(f"{name} does not read back as saved")
 
 
 def verify(tree: Any, saved_checksums: dict[str, int] | None, step: int) -> None:

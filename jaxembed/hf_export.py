@@ -34,6 +34,7 @@ import ml_dtypes
 import numpy as np
 
 from jaxembed import hf
+from jaxembed.checkpoint_integrity import CorruptCheckpoint, check_array, saved_checksums
 from jaxembed.config import RUN_CONFIG_NAME
 from jaxembed.errors import UserInputError
 from jaxembed.io_utils import atomic_directory
@@ -478,6 +479,7 @@ class OrbaxSource:
         self._param_sources = param_sources(self.step_dir, tree)
         self._adapters = adapter_settings(tree, metadata.run_config, self._path)
         self._cached: tuple[tuple[str, ...], np.ndarray] | None = None
+        self._checksums = saved_checksums(self.step_dir)
 
     def _find(self, path: tuple[str, ...], root: str = "params") -> tuple[Path, Any]:
         """(Orbax directory holding the leaf, its metadata), the metadata None if absent."""
@@ -522,7 +524,15 @@ class OrbaxSource:
             restore_args={root: _map_leaves(item, ocp.RestoreArgs(restore_type=np.ndarray))},
             partial_restore=True,
         )
-        return lookup(self._checkpointer.restore(directory, args=args)[root], path)
+        value = lookup(self._checkpointer.restore(directory, args=args)[root], path)
+        if directory == self._path:  # the step's own arrays carry checksums; the base does not
+            try:
+                check_array(value, self._checksums, ".".join((root, *path)))
+            except CorruptCheckpoint as e:
+                raise UserInputError(
+                    f"{self.label}: corrupt checkpoint, {e}; export another step (--step)"
+                ) from None
+        return value
 
     def _leaf(self, path: tuple[str, ...]) -> np.ndarray:
         """One param leaf, with its LoRA update merged in when the run trained adapters."""

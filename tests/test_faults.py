@@ -21,7 +21,14 @@ import pytest
 from jaxembed.checkpoint_integrity import named_leaves, verify
 from jaxembed.cli import main
 
-from data_helpers.train_cli import free_port, logged_losses, start_cli, train_args, write_task_dir
+from data_helpers.train_cli import (
+    assert_same_losses,
+    free_port,
+    kill_when,
+    start_cli,
+    train_args,
+    write_task_dir,
+)
 
 STEPS = 12  # checkpoints at 4, 8 and 12
 
@@ -142,40 +149,34 @@ def test_kill_during_an_async_save_resumes_from_the_last_complete_step(
     workdir, marker = tmp_path / "killed", tmp_path / "stalled"
     env = {"STALL_STEP": "8", "STALL_AT": point, "STALL_MARKER": str(marker)}
     proc = start_cli(train_args(task_dir, workdir, STEPS), env, python_prelude=STALL_SAVE)
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.time() < deadline, "the save never reached the stall point"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when(proc, marker.exists, "the stall point of the save")
     assert _saved_steps(workdir) == [4]  # step 8 was never completed
     assert main(train_args(task_dir, workdir, STEPS)) == 0
-    ref, resumed = logged_losses(reference), logged_losses(workdir)
-    assert sorted(resumed) == list(range(1, STEPS + 1))
-    np.testing.assert_allclose([resumed[s] for s in ref], list(ref.values()), rtol=0, atol=1e-6)
+    assert_same_losses(reference, workdir, STEPS)
 
 
-def _flip_bytes(step_dir: Path) -> Path:
-    data = step_dir / "state" / "ocdbt.process_0" / "d"
-    largest = max(data.iterdir(), key=lambda p: p.stat().st_size)
-    raw = bytearray(largest.read_bytes())
-    middle = len(raw) // 2
-    raw[middle : middle + 64] = bytes(b ^ 0xFF for b in raw[middle : middle + 64])
-    largest.write_bytes(bytes(raw))
-    return largest
+def _flip_bytes(step_dir: Path) -> None:
+    """Flip 64 bytes in the middle of each array data file (params, moments alike)."""
+    for data in (step_dir / "state" / "ocdbt.process_0" / "d").iterdir():
+        if data.stat().st_size > 10_000:
+            raw = bytearray(data.read_bytes())
+            middle = len(raw) // 2
+            raw[middle : middle + 64] = bytes(b ^ 0xFF for b in raw[middle : middle + 64])
+            data.write_bytes(bytes(raw))
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
-    task_dir, reference, tmp_path, caplog
+    task_dir, reference, tmp_path, caplog, capsys
 ):
     corrupt, clean = tmp_path / "corrupt", tmp_path / "clean"
     shutil.copytree(reference, corrupt)
     shutil.copytree(reference, clean)
     _flip_bytes(corrupt / "checkpoints" / "12")
     shutil.rmtree(clean / "checkpoints" / "12")  # what resuming from step 8 looks like
+    # Export refuses the corrupt step rather than writing wrong weights.
+    out = tmp_path / "export"
+    assert main(["export", "--workdir", str(corrupt), "--output", str(out)]) == 2
+    assert "corrupt checkpoint" in capsys.readouterr().err and not out.exists()
     with caplog.at_level("WARNING"):
         assert main(train_args(task_dir, corrupt, STEPS)) == 0
     assert "checkpoint step 12 is unreadable" in caplog.text
@@ -289,9 +290,7 @@ def test_lost_peer_stops_the_survivor_in_one_line_and_both_resume(task_dir, tmp_
         for proc in procs:
             proc.kill()
     assert [p.returncode for p in procs] == [0, 0], outputs
-    ref, resumed = logged_losses(single), logged_losses(workdir)
-    assert sorted(resumed) == sorted(ref)
-    np.testing.assert_allclose([resumed[s] for s in ref], list(ref.values()), rtol=0, atol=1e-5)
+    assert_same_losses(single, workdir, STEPS, atol=1e-5)
 
 
 TPU_NOISE = ("TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "InitGoogle", "libtpu")

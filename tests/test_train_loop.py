@@ -13,7 +13,15 @@ import pytest
 
 from jaxembed.cli import main
 
-from data_helpers.train_cli import free_port, logged_losses, start_cli, train_args, write_task_dir
+from data_helpers.train_cli import (
+    assert_same_losses,
+    free_port,
+    kill_when,
+    logged_losses,
+    start_cli,
+    train_args,
+    write_task_dir,
+)
 
 STEPS = 40
 
@@ -51,21 +59,11 @@ def test_train_end_to_end(reference_run):
 def test_exact_resume_after_sigkill(task_dir, reference_run, tmp_path):
     workdir = tmp_path / "killed"
     proc = start_cli(_args(task_dir, workdir))
-    try:
-        deadline = time.time() + 300
-        while not (workdir / "checkpoints" / "8").is_dir():
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.time() < deadline, "no checkpoint in time"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when(proc, (workdir / "checkpoints" / "8").is_dir, "checkpoint 8")
     interrupted = logged_losses(workdir)
     assert max(interrupted) < STEPS, "the run finished before it could be killed"
     assert main(_args(task_dir, workdir)) == 0
-    ref, resumed = logged_losses(reference_run), logged_losses(workdir)
-    assert sorted(resumed) == list(range(1, STEPS + 1))  # nothing repeated or skipped
-    np.testing.assert_allclose([resumed[s] for s in ref], list(ref.values()), rtol=0, atol=1e-6)
+    assert_same_losses(reference_run, workdir, STEPS)
 
 
 def test_partial_checkpoint_is_ignored_with_a_warning(task_dir, reference_run, tmp_path, caplog):

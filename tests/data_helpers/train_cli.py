@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from jaxembed.demo import train_tokenizer
 from jaxembed.synthetic import make_task, write_task
@@ -72,3 +77,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> None:
+    """SIGKILL `proc` as soon as `ready()` holds (failing if it exits or 300 s pass first)."""
+    try:
+        deadline = time.time() + 300
+        while not ready():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, f"{what}: not reached in time"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def assert_same_losses(reference: Path, workdir: Path, steps: int, atol: float = 1e-6) -> None:
+    """The run in `workdir` logged every step once, with the reference run's losses."""
+    ref, resumed = logged_losses(reference), logged_losses(workdir)
+    assert sorted(resumed) == list(range(1, steps + 1))  # nothing repeated or skipped
+    np.testing.assert_allclose([resumed[s] for s in ref], list(ref.values()), rtol=0, atol=atol)
