@@ -165,14 +165,16 @@ def _flip_bytes(step_dir: Path) -> None:
             data.write_bytes(bytes(raw))
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
+def test_unreadable_checkpoints_fall_back_to_the_newest_readable_one(
     task_dir, reference, tmp_path, caplog, capsys
 ):
     corrupt, clean = tmp_path / "corrupt", tmp_path / "clean"
     shutil.copytree(reference, corrupt)
     shutil.copytree(reference, clean)
     _flip_bytes(corrupt / "checkpoints" / "12")
-    shutil.rmtree(clean / "checkpoints" / "12")  # what resuming from step 8 looks like
+    (corrupt / "checkpoints" / "8" / "state" / "_METADATA").unlink()  # a file gone missing
+    for step in ("12", "8"):  # what resuming from step 4 looks like
+        shutil.rmtree(clean / "checkpoints" / step)
     # Export refuses the corrupt step rather than writing wrong weights.
     out = tmp_path / "export"
     assert main(["export", "--workdir", str(corrupt), "--output", str(out)]) == 2
@@ -181,8 +183,10 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
         assert main(train_args(task_dir, corrupt, STEPS)) == 0
     assert "checkpoint step 12 is unreadable" in caplog.text
     assert "does not read back as saved" in caplog.text
-    (aside,) = (corrupt / "unreadable_checkpoints").iterdir()  # kept, not deleted
-    assert aside.name.startswith("12-") and (aside / "state").is_dir()
+    assert "checkpoint step 8 is unreadable" in caplog.text
+    assert "resumed from step 4" in caplog.text
+    aside = sorted(p.name.split("-")[0] for p in (corrupt / "unreadable_checkpoints").iterdir())
+    assert aside == ["12", "8"]  # kept for inspection, not deleted
     assert main(train_args(task_dir, clean, STEPS)) == 0
     a, b = _restore_state(corrupt, 12), _restore_state(clean, 12)
     for name, array in named_leaves(a).items():

@@ -69,7 +69,7 @@ def test_a_step_holds_what_is_trained_and_restores_whole(reranker_state, tmp_pat
     )
     checkpointer = Checkpointer(tmp_path / "checkpoints", async_save=False)
     assert checkpointer.saved_param_keys(7) == {"score"}
-    restored, _ = checkpointer.restore(7, checkpointed(fresh))
+    restored, _, _ = checkpointer.restore(7, checkpointed(fresh))
     checkpointer.close()
     whole = with_frozen_params(
         restored, restore_frozen_params(tmp_path, frozen_params(fresh.params))

@@ -56,6 +56,9 @@ def test_train_end_to_end(reference_run):
         assert key in record
 
 
+# Covered in the default run by tests/test_faults.py, which kills inside a save at two points
+# and checks the same exact resume on a shorter run.
+@pytest.mark.slow
 def test_exact_resume_after_sigkill(task_dir, reference_run, tmp_path):
     workdir = tmp_path / "killed"
     proc = start_cli(_args(task_dir, workdir))
@@ -115,6 +118,9 @@ def test_config_errors_before_any_compile(task_dir, tmp_path, capsys):
         assert not (workdir / "checkpoints").exists()
 
 
+# Covered in the default run by tests/test_distributed.py (2 SLURM processes train like one)
+# and tests/test_faults.py (a 2-process run, killed and resumed, logs the 1-process losses).
+@pytest.mark.slow
 def test_two_processes_log_the_single_process_losses(task_dir, tmp_path):
     # Adam moves every coordinate by ~lr whatever its gradient's size, so a near-zero
     # gradient whose sign rests on summation order (1 vs 2 processes add partial sums in

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.checkpoint_integrity import CheckpointMismatch
 from jaxembed.config import RUN_CONFIG_NAME
-from jaxembed.errors import RunStopped
+from jaxembed.errors import RunStopped, UserInputError
 
 log = logging.getLogger(__name__)
 UNREADABLE_DIR = "unreadable_checkpoints"
@@ -48,6 +48,8 @@ def resume_latest(
             restored, error = restore(step), None
         except CheckpointMismatch as e:
             raise CheckpointMismatch(f"{e}{_config_difference(workdir, config)}") from None
+        except UserInputError:  # e.g. a LoRA run's frozen base is missing: every step needs it
+            raise
         except Exception as e:  # corrupt, truncated or missing data: try the next older step
             restored, error = None, e
         if not _everywhere(error is None):
