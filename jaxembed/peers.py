@@ -80,22 +80,8 @@ class PeerWatch:
             now = time.monotonic()
             try:
                 self.client.key_value_set(f"{PREFIX}/alive/{self.process_id}", str(beats), True)
-                for peer in peers:
-                    ended = _try_get(self.client, f"{PREFIX}/ended/{peer}")
-                    if ended is not None:
-                        if ended != "finished" and not self._settling:
-                            self._lost(f"process {peer} stopped: {ended}")
-                        self._ended.add(peer)
-                        peers.remove(peer)
-                        break
-                    beat = _try_get(self.client, f"{PREFIX}/alive/{peer}") or ""
-                    if peer not in seen or seen[peer][0] != beat:
-                        seen[peer] = (beat, now)
-                    elif now - seen[peer][1] > self.timeout_s:
-                        self._lost(
-                            f"process {peer} of {self.num_processes} stopped responding "
-                            f"(no heartbeat for {self.timeout_s:.0f} s)"
-                        )
+                # Two reads a second, whatever the process count (a pod has hundreds).
+                ended, alive = self._read("ended"), self._read("alive")
             except Exception as e:  # the store itself is unreachable: process 0 is gone
                 if self._stop.is_set():
                     return
@@ -104,6 +90,27 @@ class PeerWatch:
                         f"process 0 (the coordinator) of {self.num_processes} stopped "
                         f"responding ({type(e).__name__})"
                     )
+                continue
+            for peer in list(peers):
+                if peer in ended:
+                    if ended[peer] != "finished" and not self._settling:
+                        self._lost(f"process {peer} stopped: {ended[peer]}")
+                    self._ended.add(peer)
+                    peers.remove(peer)
+                    continue
+                beat = alive.get(peer, "")
+                if peer not in seen or seen[peer][0] != beat:
+                    seen[peer] = (beat, now)
+                elif now - seen[peer][1] > self.timeout_s:
+                    self._lost(
+                        f"process {peer} of {self.num_processes} stopped responding "
+                        f"(no heartbeat for {self.timeout_s:.0f} s)"
+                    )
+
+    def _read(self, kind: str) -> dict[int, str]:
+        """Every process's entry under `kind` ("alive" or "ended"), in one request."""
+        entries = self.client.key_value_dir_get(f"{PREFIX}/{kind}/")
+        return {int(key.rstrip("/").rsplit("/", 1)[-1]): value for key, value in entries}
 
     def _lost(self, what: str) -> None:
         try:
@@ -118,15 +125,6 @@ class PeerWatch:
         sys.stderr.flush()
         # The main thread may be blocked in a collective that will never complete.
         os._exit(1)
-
-
-def _try_get(client: Any, key: str) -> str | None:
-    try:
-        return client.key_value_try_get(key)
-    except Exception as e:
-        if "NOT_FOUND" in str(e) or "not found" in str(e).lower():
-            return None
-        raise
 
 
 def watch_peers(timeout_s: float, resume_point: Callable[[], str]) -> PeerWatch | None:
