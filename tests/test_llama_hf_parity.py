@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from jaxembed import hf
 from jaxembed.models.llama import LlamaModel
 
+from hf_reference import hf_hidden
 from tiny_models import make_hf_model, random_batch
 
 LLAMA3_ROPE = {
@@ -45,33 +45,6 @@ def imported(request, tmp_path_factory):
     return request.param, torch_model, config, params
 
 
-def _positions(mask: np.ndarray) -> np.ndarray:
-    return np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-
-
-def _hf_hidden(model, ids, mask, *, bidirectional: bool) -> np.ndarray:
-    kwargs = dict(
-        input_ids=torch.tensor(ids, dtype=torch.long),
-        position_ids=torch.tensor(_positions(mask), dtype=torch.long),
-    )
-    if bidirectional:
-        # Padding-only mask, passed 4D so HF uses it as-is; causal flags off on every module.
-        for module in model.modules():
-            if hasattr(module, "is_causal"):
-                module.is_causal = False
-        keys = torch.tensor(mask, dtype=torch.bool)[:, None, None, :]
-        kwargs["attention_mask"] = keys.expand(-1, 1, ids.shape[1], -1)
-    else:
-        kwargs["attention_mask"] = torch.tensor(mask)
-    try:
-        with torch.no_grad():
-            return model(**kwargs).last_hidden_state.numpy()
-    finally:
-        for module in model.modules():
-            if hasattr(module, "is_causal"):
-                module.is_causal = True
-
-
 @pytest.mark.parametrize("padding", ["right", "left"])
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
 def test_hidden_states_match_transformers(imported, mode, padding):
@@ -83,7 +56,7 @@ def test_hidden_states_match_transformers(imported, mode, padding):
     ours = np.asarray(
         LlamaModel(config).apply({"params": params}, ids, mask, causal=mode == "causal")
     )
-    ref = _hf_hidden(torch_model, ids, mask, bidirectional=mode == "bidirectional")
+    ref = hf_hidden(torch_model, ids, mask, bidirectional=mode == "bidirectional")
     real = mask.astype(bool)
     assert np.abs(ours[real] - ref[real]).max() < 1e-4, name
 
