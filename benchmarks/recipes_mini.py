@@ -183,6 +183,8 @@ class Recipes:
         self.run = Runner(self.root)
         self.llm = smollm2_hf_dir()
         shared = Path(os.environ.get("JAXEMBED_SHARED_DATA", REPO.parent / "shared" / "data"))
+        for sub in ("eval", "mined", "rerank", "models", "runs"):
+            (self.root / sub).mkdir(exist_ok=True)
         self.data = self.root / "scifact_subset"
         self.counts = make_subset(shared / "scifact", self.data, sizes)
         self.tables: list[str] = []

@@ -28,10 +28,11 @@ def cmd_encode(args: argparse.Namespace) -> None:
     import numpy as np
 
     from jaxembed.data.formats import read_text_column
-    from jaxembed.io_utils import atomic_file
+    from jaxembed.io_utils import atomic_file, check_output_directories
     from jaxembed.models.encoder import Encoder
     from jaxembed.sharding import make_mesh
 
+    check_output_directories(args.output)
     texts = read_text_column(args.input)
     mesh = make_mesh(args.mesh)
     encoder = Encoder.from_pretrained(args.model, mesh=mesh, dtype=args.dtype)
@@ -115,11 +116,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from jaxembed import evaluate
     from jaxembed.data.formats import read_beir_qrels
     from jaxembed.data.trec_run import read_trec_run, write_trec_run
-    from jaxembed.io_utils import atomic_file
+    from jaxembed.io_utils import atomic_file, check_output_directories
     from jaxembed.metrics import evaluate_run
 
     started = time.perf_counter()
     ks = tuple(sorted(set(args.k)))
+    run_path = args.run_output or str(Path(args.output).with_suffix(".trec"))
+    check_output_directories(args.output, *([] if args.run else [run_path]))
     if args.run:
         run, qrels = read_trec_run(args.run), read_beir_qrels(args.qrels)
         scored = evaluate.score_run(qrels, run, ks)
@@ -151,7 +154,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if args.save_embeddings:
             evaluate.save_embeddings(args.save_embeddings, embeddings)
         scores = evaluate_run(data.qrels, run, ks)
-        run_path = args.run_output or str(Path(args.output).with_suffix(".trec"))
         write_trec_run(run_path, run)
         task = Path(args.data).resolve().name
         extra = {

@@ -12,12 +12,18 @@ from pathlib import Path
 from jaxembed.errors import UserInputError
 
 
+def check_output_directories(*paths: str | Path) -> None:
+    """Each output file's directory exists: checked before the work, not after it."""
+    for path in map(Path, paths):
+        if not path.parent.is_dir():
+            raise UserInputError(f"{path}: output directory {path.parent} does not exist")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise UserInputError(f"{path}: output directory {path.parent} does not exist")
+    check_output_directories(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

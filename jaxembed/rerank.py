@@ -21,7 +21,7 @@ from jaxembed.data.formats import BeirData
 from jaxembed.data.trec_run import check_run_ids, read_trec_run, write_trec_run
 from jaxembed.errors import UserInputError
 from jaxembed.evaluate import load_eval_split
-from jaxembed.io_utils import atomic_file
+from jaxembed.io_utils import atomic_file, check_output_directories
 from jaxembed.metrics import Run, evaluate_run, missing_queries, ranked
 from jaxembed.models.reranker import Reranker
 
@@ -121,9 +121,7 @@ def rerank_files(
     """`jaxembed rerank`: read, check, rerank, write the run and the metrics JSON."""
     output = Path(output)
     metrics_output = Path(metrics_output) if metrics_output else Path(f"{output}.metrics.json")
-    for path in (output, metrics_output):
-        if not path.parent.is_dir():
-            raise UserInputError(f"{path}: output directory {path.parent} does not exist")
+    check_output_directories(output, metrics_output)
     if top_k < 1:
         raise UserInputError(f"--top-k {top_k}: must be >= 1")
     data = load_eval_split(data_dir, split)

@@ -128,3 +128,16 @@ def test_demo_refuses_a_used_workdir(tmp_path, capsys):
     assert main(["demo", "--workdir", str(tmp_path / "old")]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
     assert (tmp_path / "old" / "keep.txt").read_text() == "user data"
+
+
+@pytest.mark.parametrize("command", ["encode", "eval"])
+def test_missing_output_directory_is_named_before_any_work(good_input, tmp_path, capsys, command):
+    """The output's directory is checked first: the model (missing here too) is never read,
+    so a long encode cannot end in this error."""
+    out = tmp_path / "no_such_dir" / "out.json"
+    args = [command, "--model", str(tmp_path / "nope"), "--output", str(out), "--quiet"]
+    args += ["--input", str(good_input)] if command == "encode" else ["--data", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"output directory {out.parent} does not exist" in err
+    assert "model directory" not in err
