@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from jaxembed.checkpoint_integrity import check_compatible, fingerprint, verify
-from jaxembed.errors import UserInputError
+from jaxembed.errors import UserInputError, first_line
 
 log = logging.getLogger(__name__)
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -49,8 +49,7 @@ def describe_io_error(error: BaseException) -> str:
         return os.strerror(int(code.group(1)))
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    lines = text.strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return first_line(error)
 
 
 class Checkpointer:

@@ -10,6 +10,7 @@ mesh computes the same number from an intact checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -107,13 +108,18 @@ def _replicated(tree: Any) -> Any:
     return None if leaf is None else NamedSharding(leaf.sharding.mesh, PartitionSpec())
 
 
+@functools.lru_cache(maxsize=8)
+def _fingerprint_fn(out_sharding: NamedSharding | None) -> Any:
+    """One jitted function per output sharding, so each save reuses its compilation."""
+    return jax.jit(
+        lambda t: (jax.tree.map(_word_sum, t), _all_finite(t)), out_shardings=out_sharding
+    )
+
+
 def fingerprint(tree: Any) -> tuple[dict[str, int], bool]:
     """Per-array checksums (by Orbax name) and whether every float is finite: one jitted
     pass over the arrays, read back as a few integers."""
-    fn = jax.jit(
-        lambda t: (jax.tree.map(_word_sum, t), _all_finite(t)), out_shardings=_replicated(tree)
-    )
-    sums, finite = jax.device_get(fn(tree))
+    sums, finite = jax.device_get(_fingerprint_fn(_replicated(tree))(tree))
     return {name: int(v) for name, v in named_leaves(sums).items()}, bool(finite)
 
 

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from jaxembed.errors import RunStopped, UserInputError
+from jaxembed.errors import RunStopped, UserInputError, first_line
 from jaxembed.host_memory import retain_freed_memory
 from jaxembed.platforms import prefer_cpu_without_accelerators
 
@@ -614,8 +614,7 @@ def run_reporting_errors(command: str, body: Callable[[], object]) -> int:
         where = f"{e.filename}: " if e.filename else ""
         message, code = f"{where}{e.strerror or e}", 1
     except Exception as e:  # a bug or an unforeseen fault: still one line
-        text = str(e).strip().splitlines()
-        message = f"unexpected {type(e).__name__}: {text[0] if text else ''}"
+        message = f"unexpected {first_line(e)}"
         if not debug:
             message += " (set JAXEMBED_DEBUG=1 for the traceback)"
         code = 1

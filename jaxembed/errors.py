@@ -13,3 +13,10 @@ class UserInputError(ValueError):
 
 class RunStopped(RuntimeError):
     """A run stopped on a fault; the message says what happened and what a restart resumes."""
+
+
+def first_line(error: BaseException) -> str:
+    """`Type: first line of the message`: an exception in one line, for reports that must
+    stay one line (multi-line messages from Orbax or XLA would otherwise flood them)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")

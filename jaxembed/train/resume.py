@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.checkpoint_integrity import CheckpointMismatch
 from jaxembed.config import RUN_CONFIG_NAME
-from jaxembed.errors import RunStopped, UserInputError
+from jaxembed.errors import RunStopped, UserInputError, first_line
 
 log = logging.getLogger(__name__)
 UNREADABLE_DIR = "unreadable_checkpoints"
@@ -53,7 +53,7 @@ def resume_latest(
         except Exception as e:  # corrupt, truncated or missing data: try the next older step
             restored, error = None, e
         if not _everywhere(error is None):
-            cause = _first_line(error) if error else "another process could not read it"
+            cause = first_line(error) if error else "another process could not read it"
             aside = workdir / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
             checkpointer.set_aside(step, aside)
             failures.append(f"step {step} ({cause})")
@@ -81,11 +81,6 @@ def _everywhere(ok: bool) -> bool:
     if jax.process_count() == 1:
         return ok
     return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _config_difference(workdir: Path, config: Any) -> str:
