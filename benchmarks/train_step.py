@@ -255,6 +255,9 @@ def main() -> None:
 
     # What the `jaxembed` command does before JAX starts (both sides share this process).
     malloc_retained = retain_freed_memory()
+    from jaxembed.platforms import prefer_cpu_without_accelerators
+
+    prefer_cpu_without_accelerators()  # as the command does: no libtpu start-up on CPU hosts
     import jax
     import torch
 
