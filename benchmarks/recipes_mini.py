@@ -422,6 +422,7 @@ def main() -> None:
         getattr(recipes, name)()
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in recipes.run.timings.items())
+    timings = timings or "every stage read back from an earlier run in the workdir"
     report = "\n\n".join(recipes.tables)
     footer = (
         f"\n\n`python benchmarks/recipes_mini.py{' --' + kind if kind != 'mini' else ''} "
