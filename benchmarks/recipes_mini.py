@@ -367,7 +367,6 @@ class Recipes:
         mined = self.mine("retriever_perc", "perc", embeddings=embeddings, range_max=100)
         first_stage = self.root / "eval" / "nvr_perc.trec"
         rows = []
-        before = None
         for ranking in ("listwise", "bce"):
             name = f"rerankqa_{ranking}"
             workdir = self.train(

@@ -137,7 +137,7 @@ def jax_side(args: argparse.Namespace, batch: dict[str, np.ndarray]):
     from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
     from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
 
-    settings = dict(
+    model_settings = dict(
         dtype="float32",
         remat_policy=args.remat,
         scan_layers=args.scan_layers,
@@ -145,7 +145,7 @@ def jax_side(args: argparse.Namespace, batch: dict[str, np.ndarray]):
         lora=LoraConfig(args.lora, 2.0 * args.lora) if args.lora else None,
     )
     if args.hf_model:
-        config = hf.llama_config_from_hf(hf.read_hf_config(args.hf_model), **settings)
+        config = hf.llama_config_from_hf(hf.read_hf_config(args.hf_model), **model_settings)
         params = hf.load_params(args.hf_model, dataclasses.replace(config, lora=None))
     else:
         config = LlamaConfig(
@@ -156,7 +156,7 @@ def jax_side(args: argparse.Namespace, batch: dict[str, np.ndarray]):
             num_heads=args.heads,
             num_kv_heads=args.kv_heads,
             max_position_embeddings=max(args.query_len, args.passage_len),
-            **settings,
+            **model_settings,
         )
         params = init_params(dataclasses.replace(config, lora=None), jax.random.PRNGKey(0))
     adapters = init_adapters(config, jax.random.PRNGKey(1)) if args.lora else None

@@ -76,7 +76,7 @@ def _texts(task):
     return queries, docs
 
 
-def test_transformers_and_sentence_transformers_matchjaxembed_encode(exported, run, tmp_path):
+def test_transformers_and_sentence_transformers_match_jaxembed_encode(exported, run, tmp_path):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
 
