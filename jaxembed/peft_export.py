@@ -21,6 +21,8 @@ from jaxembed import hf
 from jaxembed.errors import UserInputError
 from jaxembed.hf_export import canonical, open_run_step, restore_numpy
 from jaxembed.io_utils import atomic_directory
+from jaxembed.models import architectures
+from jaxembed.models.architectures import ModelConfig
 from jaxembed.models.lora import AdapterPair, adapter_pairs
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -28,11 +30,11 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 
 
-def peft_tensors(adapters: Any, config: hf.ModelConfig) -> tuple[dict[str, np.ndarray], list[str]]:
+def peft_tensors(adapters: Any, config: ModelConfig) -> tuple[dict[str, np.ndarray], list[str]]:
     """PEFT tensor name → array for every layer of every adapter, and the adapted module
     names (PEFT's `target_modules`)."""
     wmaps = {w.path: w for w in hf.weight_maps(canonical(config))}
-    base_prefix = hf.architecture(config).base_prefix
+    base_prefix = architectures.for_config(config).base_prefix
     tensors: dict[str, np.ndarray] = {}
     modules: set[str] = set()
     for pair in adapter_pairs(adapters):
@@ -87,7 +89,7 @@ def export_adapter(
     """Write the LoRA adapters of one step of `workdir` as a PEFT adapter at `output`."""
     from safetensors.numpy import save_file
 
-    from jaxembed.train.loop import model_config
+    from jaxembed.models.build import model_config
 
     workdir, output = Path(workdir), Path(output)
     step_dir, _, run_config = open_run_step(

@@ -42,6 +42,7 @@ from jaxembed.hf_export import (
     write_tokenizer,
 )
 from jaxembed.io_utils import atomic_directory
+from jaxembed.models.architectures import ModelConfig
 from jaxembed.models.encoder import PoolingSettings
 from jaxembed.models.lora import merge_adapters
 from jaxembed.models.reranker import HEAD_BIAS, HEAD_WEIGHT
@@ -53,7 +54,7 @@ IDENTITY_ACTIVATION = "torch.nn.modules.linear.Identity"
 
 
 def reranker_config_dict(
-    config: hf.ModelConfig,
+    config: ModelConfig,
     base: dict[str, Any],
     dtype: str,
     tokenizer: Any,
@@ -125,7 +126,7 @@ def _model_card(template: str, dtype: str, origin: str, run_config: Any) -> str:
 
 def write_reranker_directory(
     output: str | Path,
-    config: hf.ModelConfig,
+    config: ModelConfig,
     params: Any,
     tokenizer_dir: str | Path,
     *,
@@ -196,7 +197,7 @@ def export_reranker_run(
     overrides: tuple[str, ...] | list[str] = (),
 ) -> Path:
     """Export one step of a reranker training workdir (`model.task="reranker"`)."""
-    from jaxembed.train.loop import model_config
+    from jaxembed.models.build import model_config
 
     workdir, output = Path(workdir), Path(output)
     step_dir, chosen, run_config = open_run_step(

@@ -13,6 +13,7 @@ import torch
 from jaxembed import hf
 from jaxembed.data.formats import read_beir_corpus
 from jaxembed.errors import UserInputError
+from jaxembed.models import architectures
 from jaxembed.models.bert import BertModel
 from jaxembed.models.encoder import Encoder, PoolingSettings, read_pooling_settings
 from jaxembed.sharding import make_mesh
@@ -72,7 +73,9 @@ def _right_padded_batch(rng, lengths, length, vocab):
 def test_matches_transformers_bert(tmp_path, model_cls_name, overrides, attention_impl):
     torch_model = _save_tiny_bert(tmp_path, model_cls_name, **overrides)
     backbone = torch_model if model_cls_name == "BertModel" else torch_model.bert
-    config = hf.config_from_hf(hf.read_hf_config(tmp_path), attention_impl=attention_impl)
+    config = architectures.config_from_hf(
+        hf.read_hf_config(tmp_path), attention_impl=attention_impl
+    )
     params = hf.load_params(tmp_path, config)
     lengths = [40, 7, 23, 1, 40, 16]
     ids, mask = _right_padded_batch(np.random.default_rng(1), lengths, 40, TINY["vocab_size"])

@@ -17,6 +17,7 @@ import pytest
 from jaxembed import hf
 from jaxembed.cli import main
 from jaxembed.demo import train_tokenizer
+from jaxembed.models import architectures
 from jaxembed.synthetic import make_task, write_task
 
 from hf_reference import jaxembed_encode, torch_embed
@@ -112,7 +113,7 @@ def test_transformers_and_sentence_transformers_match_jaxembed_encode(exported, 
 
 def test_import_round_trip_is_bit_exact(exported, run):
     workdir, _, _ = run
-    config = hf.llama_config_from_hf(hf.read_hf_config(exported))
+    config = architectures.LLAMA.config_from_hf(hf.read_hf_config(exported))
     imported = hf.load_params(exported, config)
     restored = _restored_params(workdir, STEPS)
     paths_a = jax.tree_util.tree_flatten_with_path(restored)[0]
@@ -263,7 +264,7 @@ def test_mistral_and_qwen2_exports_match(kind, tmp_path):
     source = tmp_path / "source"
     extra = {"sliding_window": 3} if kind == "mistral" else {}
     make_hf_model(kind, source, seed=3, **extra)
-    config = hf.llama_config_from_hf(hf.read_hf_config(source))
+    config = architectures.LLAMA.config_from_hf(hf.read_hf_config(source))
     params = hf.load_params(source, config)
     # Perturb so the checkpoint is not the source model itself.
     params = jax.tree.map(lambda x: x * 1.5, params)
@@ -306,7 +307,7 @@ def test_bert_export_matches_the_original_sentence_transformer(minilm_dir, tmp_p
     from jaxembed.checkpoint import Checkpointer
     from jaxembed.config import default_config
 
-    params = hf.load_params(minilm_dir, hf.config_from_hf(hf.read_hf_config(minilm_dir)))
+    params = hf.load_params(minilm_dir, architectures.config_from_hf(hf.read_hf_config(minilm_dir)))
     workdir = tmp_path / "workdir"
     checkpointer = Checkpointer(workdir / "checkpoints", async_save=False)
     checkpointer.save(1, {"params": params}, None)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxembed import hf
+from jaxembed.models import architectures
 from jaxembed.models.encoder import Encoder, read_pooling_settings
 from jaxembed.sharding import make_mesh
 
@@ -27,7 +28,7 @@ def test_sharded_index_loads_the_same_params(single_and_sharded):
     single, sharded = single_and_sharded
     assert (sharded / "model.safetensors.index.json").is_file()
     assert len(list(sharded.glob("model-*.safetensors"))) > 2
-    config = hf.llama_config_from_hf(hf.read_hf_config(single))
+    config = architectures.LLAMA.config_from_hf(hf.read_hf_config(single))
     a = hf.load_params(single, config)
     b = hf.load_params(sharded, config, mesh=make_mesh((1, 4, 2)))
     for x, y in zip(
@@ -52,7 +53,7 @@ def test_bfloat16_checkpoint(tmp_path):
 
     model = make_hf_model("llama", tmp_path / "f32")
     model.to(torch.bfloat16).save_pretrained(str(tmp_path / "bf16"))
-    config = hf.llama_config_from_hf(hf.read_hf_config(tmp_path / "bf16"))
+    config = architectures.LLAMA.config_from_hf(hf.read_hf_config(tmp_path / "bf16"))
     params = hf.load_params(tmp_path / "bf16", config)
     ref = model.state_dict()["layers.0.mlp.up_proj.weight"].float().numpy().T
     np.testing.assert_array_equal(np.asarray(params["layers"]["mlp"]["up_proj"]["kernel"][0]), ref)

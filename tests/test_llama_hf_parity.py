@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxembed import hf
+from jaxembed.models import architectures
 from jaxembed.models.llama import LlamaModel
 
 from hf_reference import hf_hidden
@@ -40,7 +41,7 @@ def imported(request, tmp_path_factory):
     kind, overrides = VARIANTS[request.param]
     directory = tmp_path_factory.mktemp(request.param)
     torch_model = make_hf_model(kind, directory, **overrides)
-    config = hf.llama_config_from_hf(hf.read_hf_config(directory))
+    config = architectures.LLAMA.config_from_hf(hf.read_hf_config(directory))
     params = hf.load_params(directory, config)
     return request.param, torch_model, config, params
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from jaxembed.errors import UserInputError
-from jaxembed.models.llama import LlamaConfig, LlamaModel, init_params, param_shapes
+from jaxembed.models.architectures import init_params, param_shapes
+from jaxembed.models.llama import LlamaConfig, LlamaModel
 from jaxembed.sharding import logical_to_spec, make_mesh, resolve_mesh_shape
 
 CONFIG = LlamaConfig(
@@ -107,7 +108,7 @@ def test_dense_matmul_gradients_equal_autodiff():
 def test_layer_loop_equals_scan(remat_policy):
     """scan_layers=False runs the same stacked weights in a Python loop: same outputs and
     gradients, with and without remat, and LoRA adapters found under the same paths."""
-    from jaxembed.models.llama import init_adapters
+    from jaxembed.models.architectures import init_adapters
     from jaxembed.models.lora import LoraConfig
 
     scanned = LlamaConfig(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_train_step import _batch
 
-from jaxembed.models import llama, reranker
+from jaxembed.models import architectures, reranker
 from jaxembed.models.encoder import make_embed_fn
 from jaxembed.models.llama import LlamaConfig, LlamaModel
 from jaxembed.models.lora import LoraConfig, merge_adapters
@@ -33,8 +33,8 @@ WITH_DROPOUT = dataclasses.replace(BASE, lora=LoraConfig(rank=4, alpha=8.0, drop
 
 
 # Jitted: Flax's eager init runs op by op, seconds per call on this CPU.
-init_params = jax.jit(llama.init_params, static_argnums=0)
-init_adapters = jax.jit(llama.init_adapters, static_argnums=0)
+init_params = jax.jit(architectures.init_params, static_argnums=0)
+init_adapters = jax.jit(architectures.init_adapters, static_argnums=0)
 init_reranker_params = jax.jit(reranker.init_reranker_params, static_argnums=0)
 
 

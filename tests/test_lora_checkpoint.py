@@ -11,7 +11,8 @@ import optax
 import pytest
 
 from jaxembed.checkpoint import Checkpointer, restore_frozen_params, save_frozen_params
-from jaxembed.models.llama import LlamaConfig, init_adapters
+from jaxembed.models.architectures import init_adapters
+from jaxembed.models.llama import LlamaConfig
 from jaxembed.models.lora import LoraConfig, merge_adapters
 from jaxembed.models.reranker import init_reranker_params
 from jaxembed.train.loop import merged_params

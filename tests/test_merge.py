@@ -17,6 +17,7 @@ from safetensors.numpy import load_file, save_file
 
 from jaxembed import hf
 from jaxembed.cli import main
+from jaxembed.models import architectures
 
 from tiny_models import make_hf_model
 
@@ -172,7 +173,7 @@ def _orbax_workdir(hf_dir: Path, workdir: Path, step: int) -> Path:
     from jaxembed.checkpoint import Checkpointer
     from jaxembed.config import default_config
 
-    config = hf.llama_config_from_hf(hf.read_hf_config(hf_dir))
+    config = architectures.LLAMA.config_from_hf(hf.read_hf_config(hf_dir))
     checkpointer = Checkpointer(workdir / "checkpoints", async_save=False)
     checkpointer.save(step, {"params": hf.load_params(hf_dir, config)}, None)
     checkpointer.close()
@@ -202,7 +203,7 @@ def test_orbax_inputs_and_output(models, uniform, tmp_path):
     # The first input was an Orbax run: its directory is a full bidirectional export.
     assert json.loads((out / "config.json").read_text())["auto_map"]
     params = ocp.StandardCheckpointer().restore(orbax_out.absolute())["params"]
-    imported = hf.load_params(out, hf.llama_config_from_hf(hf.read_hf_config(out)))
+    imported = hf.load_params(out, architectures.LLAMA.config_from_hf(hf.read_hf_config(out)))
     flat = dict(jax.tree_util.tree_flatten_with_path(imported)[0])
     restored = jax.tree_util.tree_flatten_with_path(params)[0]
     assert len(restored) == len(flat)

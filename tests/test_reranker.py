@@ -121,7 +121,7 @@ def test_pruning_keeps_exactly_the_first_n_layers(tmp_path):
 
 def test_training_config_prunes_at_import(tmp_path):
     from jaxembed.config import default_config
-    from jaxembed.train.loop import model_config
+    from jaxembed.models.build import model_config
 
     from tiny_models import make_hf_model
 

@@ -20,8 +20,10 @@ import torch
 from jaxembed import hf
 from jaxembed.cli import main
 from jaxembed.hf_export import hf_tensors, lookup
+from jaxembed.models import architectures
+from jaxembed.models.architectures import init_adapters
 from jaxembed.models.generate import greedy_generate
-from jaxembed.models.llama import LlamaModel, init_adapters
+from jaxembed.models.llama import LlamaModel
 from jaxembed.models.lora import ALL_PROJECTIONS, LoraConfig
 from jaxembed.peft_export import peft_tensors
 from jaxembed.train.state import create_state
@@ -57,7 +59,7 @@ RELATIVE_TOLERANCE = 1e-4
 def smollm2(smollm2_dir):
     from transformers import AutoTokenizer
 
-    config = hf.llama_config_from_hf(hf.read_hf_config(smollm2_dir))
+    config = architectures.LLAMA.config_from_hf(hf.read_hf_config(smollm2_dir))
     params = hf.load_params(smollm2_dir, config)
     return smollm2_dir, config, params, AutoTokenizer.from_pretrained(smollm2_dir)
 

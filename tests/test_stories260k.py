@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxembed import hf, llama2c
+from jaxembed.models import architectures
 from jaxembed.models.generate import greedy_generate
 
 
@@ -14,7 +15,7 @@ def stories(shared_data, tmp_path_factory):
     source = shared_data / "stories260K"
     out = tmp_path_factory.mktemp("stories") / "hf"
     llama2c.convert(source / "stories260K.bin", source / "tok512.bin", out)
-    config = hf.llama_config_from_hf(hf.read_hf_config(out))
+    config = architectures.LLAMA.config_from_hf(hf.read_hf_config(out))
     params = hf.load_params(out, config)
     pieces, _ = llama2c.read_tokenizer(source / "tok512.bin", config.vocab_size)
     return source, out, config, params, pieces

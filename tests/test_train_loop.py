@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxembed.cli import main
+from jaxembed.models import architectures
 
 from data_helpers.train_cli import (
     assert_same_losses,
@@ -213,7 +214,7 @@ def test_init_from_a_huggingface_checkpoint(tmp_path):
     # With a zero learning rate the checkpoint holds exactly the imported weights.
     import orbax.checkpoint as ocp
 
-    config = hf.llama_config_from_hf(hf.read_hf_config(model_dir))
+    config = architectures.LLAMA.config_from_hf(hf.read_hf_config(model_dir))
     imported = hf.load_params(model_dir, config)
     restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "1" / "state")
     np.testing.assert_array_equal(

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from jaxembed.errors import UserInputError
-from jaxembed.models.llama import LlamaConfig, init_params
+from jaxembed.models.architectures import init_params
+from jaxembed.models.llama import LlamaConfig
 from jaxembed.train.state import learning_rate_schedule, make_optimizer, weight_decay_mask
 
 

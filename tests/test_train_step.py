@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxembed.models.llama import LlamaConfig, init_params
+from jaxembed.models.architectures import init_params
+from jaxembed.models.llama import LlamaConfig
 from jaxembed.sharding import make_mesh
 from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
 from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 
 from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend, partitioned_init
 from jaxembed.models.llama import REMAT_POLICIES, attention_mask
+from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
+from jaxembed.models.lora import LoraConfig, lora_delta
 from jaxembed.models.matmul import dense_dot_general
 
 
@@ -56,6 +58,7 @@ class BertConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     attention_impl: str | None = None  # None: softmax_attention; else a dot_product_attention one
+    lora: LoraConfig | None = None  # adapters on the projections it targets (models/lora.py)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -73,12 +76,20 @@ class BertConfig:
     def resolved_head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    def layer_params(self) -> int:
+        h, m = self.hidden_size, self.intermediate_size
+        return 4 * (h * h + h) + 2 * h * m + m + h + 4 * h
+
+    def outer_params(self) -> int:
+        """The embeddings' LayerNorm."""
+        return 2 * self.hidden_size
+
     def num_params(self) -> int:
         """Parameter count of the backbone (the pooler head excluded)."""
-        h, m = self.hidden_size, self.intermediate_size
-        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h
-        per_layer = 4 * (h * h + h) + 2 * h * m + m + h + 4 * h
-        return embeddings + 2 * h + self.num_layers * per_layer
+        tables = self.vocab_size + self.max_position_embeddings + self.type_vocab_size
+        return (
+            tables * self.hidden_size + self.outer_params() + self.num_layers * self.layer_params()
+        )
 
 
 class LayerNorm(nn.Module):
@@ -108,16 +119,35 @@ class SelfAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, row_ids: jax.Array | None = None
+    ) -> jax.Array:
         cfg = self.config
         n, d = cfg.num_heads, cfg.resolved_head_dim
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        q, k, v = (
-            HeadsProjection(n, d, True, dtype, pdtype, name=name)(x)
-            for name in ("query", "key", "value")
+
+        def project(name: str) -> jax.Array:
+            y = HeadsProjection(n, d, True, dtype, pdtype, name=name)(x)
+            out_axes = ("heads", "head_dim")
+            delta = lora_delta(self, name, x, ("embed",), (n, d), out_axes, cfg.lora, row_ids)
+            # The adapter term comes out [B, T, heads, d]; the projection is heads-major.
+            return y if delta is None else y + jnp.swapaxes(delta, 1, 2)
+
+        out = attend(project("query"), project("key"), project("value"), mask, cfg.attention_impl)
+        y = HeadsMerge(cfg.hidden_size, True, dtype, pdtype, name="output")(out)
+        heads_last = jnp.swapaxes(out, 1, 2)  # the adapter contracts [.., heads, d]
+        out_shape = (cfg.hidden_size,)
+        delta = lora_delta(
+            self,
+            "output",
+            heads_last,
+            ("heads", "head_dim"),
+            out_shape,
+            ("embed",),
+            cfg.lora,
+            row_ids,
         )
-        out = attend(q, k, v, mask, cfg.attention_impl)
-        return HeadsMerge(cfg.hidden_size, True, dtype, pdtype, name="output")(out)
+        return y if delta is None else y + delta
 
 
 class EncoderLayer(nn.Module):
@@ -126,12 +156,14 @@ class EncoderLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, None]:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, row_ids: jax.Array | None = None
+    ) -> tuple[jax.Array, None]:
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
-        def dense(name: str, features: int, axes: tuple[str, str]) -> nn.Dense:
-            return nn.Dense(
+        def dense(name: str, features: int, axes: tuple[str, str], h: jax.Array) -> jax.Array:
+            y = nn.Dense(
                 features,
                 dtype=dtype,
                 param_dtype=pdtype,
@@ -139,16 +171,18 @@ class EncoderLayer(nn.Module):
                 bias_init=partitioned_init(axes[1:], nn.initializers.zeros),
                 dot_general=dense_dot_general,
                 name=name,
-            )
+            )(h)
+            delta = lora_delta(self, name, h, axes[:1], (features,), axes[1:], cfg.lora, row_ids)
+            return y if delta is None else y + delta
 
         def norm(name: str) -> LayerNorm:
             return LayerNorm(cfg.layer_norm_eps, dtype, pdtype, name=name)
 
-        x = norm("attention_norm")(x + SelfAttention(cfg, name="attention")(x, mask))
+        x = norm("attention_norm")(x + SelfAttention(cfg, name="attention")(x, mask, row_ids))
         h = ACTIVATIONS[cfg.hidden_act](
-            dense("intermediate", cfg.intermediate_size, ("embed", "mlp"))(x)
+            dense("intermediate", cfg.intermediate_size, ("embed", "mlp"), x)
         )
-        x = norm("output_norm")(x + dense("output", cfg.hidden_size, ("mlp", "embed"))(h))
+        x = norm("output_norm")(x + dense("output", cfg.hidden_size, ("mlp", "embed"), h))
         return x, None
 
 
@@ -179,9 +213,9 @@ class BertModel(nn.Module):
             layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
         self.layers = nn.scan(
             layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast,),
+            variable_axes={"params": 0, LORA_COLLECTION: 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg)
@@ -193,7 +227,9 @@ class BertModel(nn.Module):
         position_ids: jax.Array | None = None,
         *,
         causal: bool = False,
+        row_ids: jax.Array | None = None,
     ) -> jax.Array:
+        """`row_ids` [B] (global row numbers) key the per-row LoRA dropout masks."""
         cfg = self.config
         length = input_ids.shape[1]
         if length > cfg.max_position_embeddings:
@@ -214,17 +250,9 @@ class BertModel(nn.Module):
         )
         x = self.embeddings_norm(x)
         mask = attention_mask(padding_mask, causal=causal, sliding_window=None)
-        x, _ = self.layers(x, mask)
+        x, _ = self.layers(x, mask, row_ids)
         return x
 
-
-def param_shapes(config: BertConfig) -> Any:
-    """The params pytree as ShapeDtypeStructs (with logical-axis boxes), without allocating."""
-    ids = jnp.zeros((1, 1), jnp.int32)
-    return jax.eval_shape(lambda: BertModel(config).init(jax.random.PRNGKey(0), ids))["params"]
-
-
-def init_params(config: BertConfig, rng: jax.Array) -> Any:
-    """Randomly initialized params (logical-axis boxes removed)."""
-    variables = BertModel(config).init(rng, jnp.zeros((1, 1), jnp.int32))
-    return nn.meta.unbox(variables["params"])
+    def init_all(self, ids: jax.Array) -> jax.Array:
+        """Init entry point (every submodule is on the forward path)."""
+        return self(ids)

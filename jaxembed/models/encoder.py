@@ -21,6 +21,8 @@ from jax.sharding import Mesh
 from jaxembed import hf
 from jaxembed.data.batching import pad, tokenize
 from jaxembed.errors import UserInputError
+from jaxembed.models import architectures
+from jaxembed.models.architectures import ModelConfig
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
 from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool
@@ -169,14 +171,14 @@ def read_pooling_settings(directory: str | Path) -> PoolingSettings:
 
 
 def make_embed_fn(
-    config: hf.ModelConfig, pooling: str, normalize: bool = True
+    config: ModelConfig, pooling: str, normalize: bool = True
 ) -> Callable[..., jax.Array]:
     """`(params, {"input_ids", "attention_mask"[, "pool_mask", "row_ids"]}, adapters=None,
     dropout_rng=None) -> [rows, hidden]` f32: the bidirectional backbone (Llama family or
     BERT, by config type), pooled (and L2-normalized); shared by inference and training.
     `adapters` are LoRA adapters for `config.lora`; `dropout_rng` turns their dropout on,
     with masks keyed by the inputs' `row_ids`."""
-    model = hf.architecture(config).module(config)
+    model = architectures.for_config(config).module(config)
 
     def embed(
         params: Any,
@@ -203,7 +205,7 @@ class Encoder:
 
     def __init__(
         self,
-        config: hf.ModelConfig,
+        config: ModelConfig,
         params: Any,
         tokenizer: Any,
         pooling: PoolingSettings = PoolingSettings(),
@@ -217,7 +219,7 @@ class Encoder:
         self.max_length = max_length  # encode's default truncation length
         self._param_shardings = None
         if mesh is not None:
-            shapes = hf.architecture(config).param_shapes(config)
+            shapes = architectures.for_config(config).param_shapes(config)
             self._param_shardings = param_shardings(shapes, mesh)
             params = jax.device_put(params, self._param_shardings)
         self.params = params
@@ -236,7 +238,7 @@ class Encoder:
         shard."""
         directory = Path(directory)
         overrides = {"dtype": dtype, "param_dtype": dtype} if dtype else {}
-        config = hf.config_from_hf(
+        config = architectures.config_from_hf(
             hf.read_hf_config(directory), str(directory / "config.json"), **overrides
         )
         tokenizer = hf.load_tokenizer(directory)

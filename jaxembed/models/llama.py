@@ -78,16 +78,23 @@ class LlamaConfig:
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
-    def num_params(self) -> int:
-        """Parameter count of the backbone (plus the untied head when kept)."""
+    def layer_params(self) -> int:
         h, d = self.hidden_size, self.resolved_head_dim
         q_out, kv_out = self.num_heads * d, self.num_kv_heads * d
         attn = h * q_out + 2 * h * kv_out + q_out * h
         if self.attention_bias:
             attn += q_out + 2 * kv_out
-        per_layer = attn + 3 * h * self.intermediate_size + 2 * h
-        head = self.vocab_size * h if self.with_lm_head and not self.tie_word_embeddings else 0
-        return self.vocab_size * h + self.num_layers * per_layer + h + head
+        return attn + 3 * h * self.intermediate_size + 2 * h
+
+    def outer_params(self) -> int:
+        """The final norm, plus the untied LM head when kept."""
+        untied = self.with_lm_head and not self.tie_word_embeddings
+        return self.hidden_size + (self.vocab_size * self.hidden_size if untied else 0)
+
+    def num_params(self) -> int:
+        """Parameter count of the backbone (plus the untied head when kept)."""
+        embed = self.vocab_size * self.hidden_size
+        return embed + self.num_layers * self.layer_params() + self.outer_params()
 
 
 class RMSNorm(nn.Module):
@@ -390,6 +397,13 @@ class LlamaModel(nn.Module):
             x = layer(variables, x, rngs)
         return x
 
+    def init_all(self, ids: jax.Array) -> jax.Array:
+        """Init entry point touching every submodule, the LM head included."""
+        hidden = self(ids)
+        if self.config.tie_word_embeddings or self.config.with_lm_head:
+            return self.logits(hidden)
+        return hidden
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits in f32 from hidden states (tied embedding or untied head)."""
         if self.config.tie_word_embeddings:
@@ -397,48 +411,3 @@ class LlamaModel(nn.Module):
         if not self.config.with_lm_head:
             raise ValueError("this LlamaModel was built without an LM head (with_lm_head=False)")
         return self.lm_head(hidden).astype(jnp.float32)
-
-
-def param_shapes(config: LlamaConfig) -> Any:
-    """The params pytree as ShapeDtypeStructs (with logical-axis boxes), without allocating."""
-    return _variable_shapes(dataclasses.replace(config, lora=None))["params"]
-
-
-def adapter_shapes(config: LlamaConfig) -> Any:
-    """The LoRA adapter tree of `config.lora` as boxed ShapeDtypeStructs ({} when its
-    targets match no projection)."""
-    if config.lora is None:
-        raise ValueError("the model config has no LoRA settings")
-    return _variable_shapes(config).get(LORA_COLLECTION, {})
-
-
-def _variable_shapes(config: LlamaConfig) -> Any:
-    ids = jnp.zeros((1, 1), jnp.int32)
-    return jax.eval_shape(
-        lambda: LlamaModel(config).init(jax.random.PRNGKey(0), ids, method=_init_all)
-    )
-
-
-def _init_all(module: LlamaModel, ids: jax.Array) -> jax.Array:
-    """Init entry point touching every submodule, the LM head included."""
-    hidden = module(ids)
-    if module.config.tie_word_embeddings or module.config.with_lm_head:
-        return module.logits(hidden)
-    return hidden
-
-
-def init_params(config: LlamaConfig, rng: jax.Array) -> Any:
-    """Randomly initialized params (logical-axis boxes removed); the same with or without
-    LoRA settings."""
-    ids = jnp.zeros((1, 1), jnp.int32)
-    variables = LlamaModel(dataclasses.replace(config, lora=None)).init(rng, ids, method=_init_all)
-    return nn.meta.unbox(variables["params"])
-
-
-def init_adapters(config: LlamaConfig, rng: jax.Array) -> Any:
-    """Fresh LoRA adapters for `config.lora` (B = 0: the adapted model equals the base)."""
-    if config.lora is None:
-        raise ValueError("the model config has no LoRA settings")
-    ids = jnp.zeros((1, 1), jnp.int32)
-    variables = LlamaModel(config).init(rng, ids, method=_init_all)
-    return nn.meta.unbox(variables.get(LORA_COLLECTION, {}))

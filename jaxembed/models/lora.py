@@ -1,4 +1,4 @@
-"""LoRA adapters (Hu et al., 2021) on chosen projections of the Llama-family backbone.
+"""LoRA adapters (Hu et al., 2021) on chosen projections of a backbone (Llama family, BERT).
 
 A targeted projection computes `x W + (alpha / rank) * dropout(x) A B` with the base `W`
 frozen, `A` [in, rank] drawn like PEFT's (Kaiming-uniform, bound 1/sqrt(fan_in)) and `B`
@@ -32,7 +32,8 @@ import numpy as np
 ADAPTER_A = "_lora_a"
 ADAPTER_B = "_lora_b"
 COLLECTION = "lora"
-# NV-Retriever-v1 and most embedding LoRA recipes adapt every linear layer of the backbone.
+# NV-Retriever-v1 and most embedding LoRA recipes adapt every linear layer of the backbone
+# (the Llama family's names; each architecture has its own default, `lora_default_targets`).
 ALL_PROJECTIONS = r"(q|k|v|o|gate|up|down)_proj$"
 
 

@@ -15,7 +15,6 @@ head and gets a freshly initialized one.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,9 @@ from jax.sharding import Mesh
 from jaxembed import hf
 from jaxembed.data.pairs import DEFAULT_PAIR_TEMPLATE, check_pair_template, tokenize_pairs
 from jaxembed.errors import UserInputError
+from jaxembed.models import architectures
+from jaxembed.models.architectures import ModelConfig
+from jaxembed.models.build import pruned_config
 from jaxembed.models.encoder import make_embed_fn, run_batched
 from jaxembed.safetensors_io import SafetensorsCheckpoint
 from jaxembed.sharding import batch_sharding, data_parallel_size, param_shardings, replicated
@@ -37,22 +39,11 @@ HEAD_BIAS = "score.bias"
 HEAD_INIT_STD = 0.02  # transformers' initializer_range for a new Linear
 
 
-def pruned_config(config: hf.ModelConfig, num_layers: int | None) -> hf.ModelConfig:
-    """`config` keeping only its bottom `num_layers` layers (None or 0: all of them)."""
-    if not num_layers:
-        return config
-    if not 1 <= num_layers <= config.num_layers:
-        raise UserInputError(
-            f"cannot keep {num_layers} layers of a {config.num_layers}-layer checkpoint"
-        )
-    return dataclasses.replace(config, num_layers=num_layers)
-
-
-def reranker_param_shapes(config: hf.ModelConfig) -> dict[str, Any]:
+def reranker_param_shapes(config: ModelConfig) -> dict[str, Any]:
     """Boxed backbone shapes (for FSDP/tensor shardings) plus the replicated head."""
     dtype = jnp.dtype(config.param_dtype)
     return {
-        "backbone": hf.architecture(config).param_shapes(config),
+        "backbone": architectures.for_config(config).param_shapes(config),
         "score": {
             "kernel": jax.ShapeDtypeStruct((config.hidden_size, 1), dtype),
             "bias": jax.ShapeDtypeStruct((1,), dtype),
@@ -60,21 +51,21 @@ def reranker_param_shapes(config: hf.ModelConfig) -> dict[str, Any]:
     }
 
 
-def init_head(config: hf.ModelConfig, rng: jax.Array) -> dict[str, jax.Array]:
+def init_head(config: ModelConfig, rng: jax.Array) -> dict[str, jax.Array]:
     dtype = jnp.dtype(config.param_dtype)
     kernel = HEAD_INIT_STD * jax.random.normal(rng, (config.hidden_size, 1), jnp.float32)
     return {"kernel": kernel.astype(dtype), "bias": jnp.zeros((1,), dtype)}
 
 
-def init_reranker_params(config: hf.ModelConfig, rng: jax.Array) -> dict[str, Any]:
+def init_reranker_params(config: ModelConfig, rng: jax.Array) -> dict[str, Any]:
     """A random backbone (Llama family) and head."""
-    from jaxembed.models.llama import init_params
+    from jaxembed.models.architectures import init_params
 
     backbone_rng, head_rng = jax.random.split(rng)
     return {"backbone": init_params(config, backbone_rng), "score": init_head(config, head_rng)}
 
 
-def read_head(directory: str | Path, config: hf.ModelConfig) -> dict[str, np.ndarray] | None:
+def read_head(directory: str | Path, config: ModelConfig) -> dict[str, np.ndarray] | None:
     """The exported score head of an HF directory as our params, or None if it has none."""
     checkpoint = SafetensorsCheckpoint(Path(directory))
     if HEAD_WEIGHT not in checkpoint:
@@ -93,7 +84,7 @@ def read_head(directory: str | Path, config: hf.ModelConfig) -> dict[str, np.nda
 
 def load_reranker_params(
     directory: str | Path,
-    config: hf.ModelConfig,
+    config: ModelConfig,
     *,
     rng: jax.Array | None = None,
     mesh: Mesh | None = None,
@@ -111,7 +102,7 @@ def load_reranker_params(
     return {"backbone": backbone, "score": head}
 
 
-def make_score_fn(config: hf.ModelConfig, pooling: str = "mean") -> Callable[..., jax.Array]:
+def make_score_fn(config: ModelConfig, pooling: str = "mean") -> Callable[..., jax.Array]:
     """`(params, {"input_ids", "attention_mask"}, adapters=None, dropout_rng=None) -> [rows]`
     f32 scores: the bidirectional backbone (with the backbone's LoRA adapters, if any),
     pooled without normalization, then the linear head (in f32, as the logits of every loss
@@ -137,7 +128,7 @@ class Reranker:
 
     def __init__(
         self,
-        config: hf.ModelConfig,
+        config: ModelConfig,
         params: Any,
         tokenizer: Any,
         *,
@@ -182,7 +173,7 @@ class Reranker:
         directory = Path(directory)
         raw = hf.read_hf_config(directory)
         overrides = {"dtype": dtype, "param_dtype": dtype} if dtype else {}
-        config = hf.config_from_hf(raw, str(directory / "config.json"), **overrides)
+        config = architectures.config_from_hf(raw, str(directory / "config.json"), **overrides)
         config = pruned_config(config, num_layers)
         own = raw.get("jaxembed", {}).get("reranker", {})
         params = load_reranker_params(directory, config)

@@ -20,10 +20,11 @@ import ml_collections
 import optax
 
 from jaxembed.errors import UserInputError
-from jaxembed.models.llama import LlamaConfig, adapter_shapes, param_shapes
-from jaxembed.models.reranker import pruned_config, reranker_param_shapes
+from jaxembed.models.architectures import ModelConfig, adapter_shapes, param_shapes
+from jaxembed.models.build import model_config, pruned_config
+from jaxembed.models.reranker import reranker_param_shapes
 from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
-from jaxembed.train.loop import model_config, step_settings
+from jaxembed.train.loop import step_settings
 from jaxembed.train.state import create_state, optimizer_from_config
 from jaxembed.train.step import jit_train_step, make_train_step, state_shardings
 
@@ -34,10 +35,10 @@ class CompiledStep:
     state: Any  # abstract TrainState (ShapeDtypeStructs with shardings)
     batch: dict[str, jax.ShapeDtypeStruct]
     mesh_shape: tuple[int, ...]
-    model: LlamaConfig
+    model: ModelConfig
 
 
-def planning_model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
+def planning_model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     """The architecture to plan for: the HF directory's config.json when one is given (no
     weights read), else the dimensions in `config.model` (recipes carry their model's).
     Always with scanned layers: the cost model's loop correction (cost.py) counts the layer
@@ -103,7 +104,7 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh: Any) -> dict[str, An
 
 
 def abstract_state(
-    model: LlamaConfig,
+    model: ModelConfig,
     optimizer: optax.GradientTransformation,
     shardings: Any,
     task: str = "embedding",
@@ -123,7 +124,7 @@ def abstract_state(
 
 
 def compile_train_step(
-    config: ml_collections.ConfigDict, devices: Sequence[Any], model: LlamaConfig | None = None
+    config: ml_collections.ConfigDict, devices: Sequence[Any], model: ModelConfig | None = None
 ) -> CompiledStep:
     """Lower and compile `jit_train_step` exactly as training builds it, for `devices`."""
     mesh_shape = check_layout(config, len(devices))

@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxembed.models.llama import LlamaConfig
+from jaxembed.models.architectures import ModelConfig, for_config
 
 KEYS = ("flops", "bytes accessed", "optimal_seconds")
 
@@ -32,23 +32,20 @@ class StepCost:
     seconds: float  # the compiler's cost-model time for one step
 
 
-def layer_flops_per_token(model: LlamaConfig, seq_len: int) -> float:
-    """Training FLOPs of one decoder layer per token (6 x layer params + attention)."""
-    h, d = model.hidden_size, model.resolved_head_dim
-    q_out, kv_out = model.num_heads * d, model.num_kv_heads * d
-    params = 2 * h * q_out + 2 * h * kv_out + 3 * h * model.intermediate_size
-    return 6 * params + 12 * model.num_heads * d * seq_len
-
-
-def layer_repeats(config: ml_collections.ConfigDict, model: LlamaConfig) -> float:
+def layer_repeats(config: ml_collections.ConfigDict, model: ModelConfig) -> float:
     """How many times the one-layer-of-one-chunk cost runs per step (layers x chunks)."""
     d, gc = config.data, config.gradcache
     queries, passages = d.global_batch_size, d.global_batch_size * (1 + d.num_negatives)
     if not gc.enabled:
         return float(model.num_layers)
     q_chunk, p_chunk = gc.chunk_size, gc.passage_chunk_size or gc.chunk_size
-    w_q = q_chunk * d.query_max_length * layer_flops_per_token(model, d.query_max_length)
-    w_p = p_chunk * d.passage_max_length * layer_flops_per_token(model, d.passage_max_length)
+    lora, arch = model.lora is not None, for_config(model)
+    w_q = q_chunk * d.query_max_length * arch.layer_flops_per_token(model, d.query_max_length, lora)
+    w_p = (
+        p_chunk
+        * d.passage_max_length
+        * arch.layer_flops_per_token(model, d.passage_max_length, lora)
+    )
     chunks = (queries // q_chunk * w_q + passages // p_chunk * w_p) / (w_q + w_p)
     return model.num_layers * chunks
 
@@ -67,12 +64,11 @@ def step_cost(real: Any, no_layers: Any, repeats: float) -> StepCost:
     return StepCost(total["flops"], total["bytes accessed"], total["optimal_seconds"])
 
 
-def model_flops_per_step(config: ml_collections.ConfigDict, model: LlamaConfig) -> float:
+def model_flops_per_step(config: ml_collections.ConfigDict, model: ModelConfig) -> float:
     """Model FLOPs of one step (6N per token plus attention, PaLM's count; no recomputation;
     with LoRA 4N, as frozen weights get no weight gradient)."""
-    from jaxembed.train.loop import model_flops_per_token
-
     d = config.data
+    model_flops_per_token = for_config(model).flops_per_token
     b, g = d.global_batch_size, 1 + d.num_negatives
     p = b * g * d.passage_max_length * model_flops_per_token(model, d.passage_max_length)
     if config.model.task == "reranker":  # one joined pair per passage, no query tower

@@ -37,11 +37,13 @@ from jaxembed.errors import RunStopped, UserInputError
 from jaxembed.evaluate import evaluate_retrieval
 from jaxembed.io_utils import atomic_file, check_writable_directory
 from jaxembed.losses import CONTRASTIVE_VARIANTS, RANKING_LOSSES
+from jaxembed.models import architectures
+from jaxembed.models.architectures import ModelConfig, init_adapters, init_params
+from jaxembed.models.build import lora_config, model_config
 from jaxembed.models.encoder import Encoder, PoolingSettings
-from jaxembed.models.llama import LlamaConfig, adapter_shapes, init_adapters, init_params
-from jaxembed.models.lora import LoraConfig, merge_adapters
+from jaxembed.models.lora import merge_adapters
 from jaxembed.models.pooling import POOLING_MODES
-from jaxembed.models.reranker import init_reranker_params, load_reranker_params, pruned_config
+from jaxembed.models.reranker import init_reranker_params, load_reranker_params
 from jaxembed.progress import progress_bar
 from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
 from jaxembed.train.metrics_log import MetricsLog
@@ -73,50 +75,6 @@ PIPELINE_KEYS = (
 )
 
 
-def lora_config(config: ml_collections.ConfigDict) -> LoraConfig | None:
-    """The run's LoRA settings (None: full fine-tuning); bad values name their key."""
-    lora = config.lora
-    if lora.rank == 0:
-        return None
-    if lora.rank < 0:
-        raise UserInputError(f"lora.rank={lora.rank}: must be >= 0 (0 = no LoRA)")
-    if not lora.alpha > 0:
-        raise UserInputError(f"lora.alpha={lora.alpha}: must be > 0")
-    try:
-        return LoraConfig(lora.rank, float(lora.alpha), float(lora.dropout), lora.targets)
-    except ValueError as e:
-        raise UserInputError(f"lora: {e}") from e
-
-
-def model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
-    m = config.model
-    overrides = dict(
-        dtype=m.dtype,
-        param_dtype=m.param_dtype,
-        remat_policy=m.remat_policy,
-        scan_layers=m.scan_layers,
-        lora=lora_config(config),
-    )
-    if m.init == "hf":
-        config = hf.llama_config_from_hf(
-            hf.read_hf_config(m.hf_path), str(Path(m.hf_path) / "config.json"), **overrides
-        )
-        # Pruning at import: only the bottom N layers are ever read from the checkpoint.
-        return pruned_config(config, m.prune_layers)
-    return LlamaConfig(
-        vocab_size=m.vocab_size,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.intermediate_size,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads,
-        head_dim=m.head_dim or None,
-        max_position_embeddings=m.max_position_embeddings,
-        rope_theta=m.rope_theta,
-        **overrides,
-    )
-
-
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Every check that can fail before a compile (or a weight read) happens."""
     m, d, loss, gc = config.model, config.data, config.loss, config.gradcache
@@ -139,7 +97,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise UserInputError("model.prune_layers needs model.init='hf' (set num_layers instead)")
     if m.task == "reranker":
         _validate_reranker(config)
-    _validate_lora(config)
+    if lora_config(config) is not None and config.model.init != "hf":
+        log.warning("LoRA on a randomly initialized model trains adapters on random weights")
     if m.pooling not in POOLING_MODES:
         raise UserInputError(f"model.pooling={m.pooling!r}: expected one of {POOLING_MODES}")
     if loss.variant not in CONTRASTIVE_VARIANTS:
@@ -184,29 +143,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     check_nonfinite_settings(config.train.nonfinite, config.train.max_consecutive_nonfinite)
 
 
-def _validate_lora(config: ml_collections.ConfigDict) -> None:
-    settings = lora_config(config)
-    if settings is None:
-        return
-    if config.model.init != "hf":
-        log.warning("LoRA on a randomly initialized model trains adapters on random weights")
-    # The targets must match something: a typo would otherwise train nothing at all.
-    shape_config = LlamaConfig(
-        vocab_size=8,
-        hidden_size=8,
-        intermediate_size=8,
-        num_layers=1,
-        num_heads=1,
-        num_kv_heads=1,
-        lora=settings,
-    )
-    if not jax.tree.leaves(adapter_shapes(shape_config)):
-        raise UserInputError(
-            f"lora.targets={settings.targets!r} matches no projection; projections are "
-            "layers/self_attn/{q,k,v,o}_proj and layers/mlp/{gate,up,down}_proj"
-        )
-
-
 def _validate_reranker(config: ml_collections.ConfigDict) -> None:
     m, loss = config.model, config.loss
     if loss.ranking not in RANKING_LOSSES:
@@ -249,15 +185,7 @@ def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
     )
 
 
-def model_flops_per_token(config: LlamaConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x non-embedding params + attention scores (PaLM's count);
-    4 x with LoRA, whose frozen weights need no weight gradient (adapters are negligible)."""
-    non_embedding = config.num_params() - config.vocab_size * config.hidden_size
-    attention = 12 * config.num_layers * config.num_heads * config.resolved_head_dim * seq_len
-    return (6 if config.lora is None else 4) * non_embedding + attention
-
-
-def merged_params(state: Any, mcfg: LlamaConfig) -> Any:
+def merged_params(state: Any, mcfg: ModelConfig) -> Any:
     """The model the state stands for: its params, with LoRA adapters merged in."""
     if state.adapters is None:
         return state.params
@@ -306,7 +234,7 @@ class _Preemption:
 class _Evaluator:
     """Held-out retrieval metrics of the current params (one compiled encoder, reused)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, mcfg: LlamaConfig, tokenizer, mesh):
+    def __init__(self, config: ml_collections.ConfigDict, mcfg: ModelConfig, tokenizer, mesh):
         self.data = load_beir(config.data.eval_dir, config.data.eval_split)
         self.instruction = config.data.instruction or None
         self.pooling = PoolingSettings(config.model.pooling, True, config.model.exclude_instruction)
@@ -470,7 +398,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         state=data_state,
     )
     evaluator = _Evaluator(config, mcfg, tokenizer, mesh) if t.eval_every else None
-    flops_per_token = model_flops_per_token(
+    flops_per_token = architectures.for_config(mcfg).flops_per_token(
         mcfg, max(config.data.query_max_length, config.data.passage_max_length)
     )
     guard = NonFiniteGuard(

@@ -25,8 +25,8 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxembed.gradcache import gradcache_value_and_grad
 from jaxembed.losses import contrastive_loss, ranking_loss
+from jaxembed.models.architectures import ModelConfig, adapter_shapes, param_shapes
 from jaxembed.models.encoder import make_embed_fn
-from jaxembed.models.llama import LlamaConfig, adapter_shapes, param_shapes
 from jaxembed.models.reranker import make_score_fn, reranker_param_shapes
 from jaxembed.sharding import batch_sharding, param_shardings, replicated
 from jaxembed.train.state import TrainState, trainable, with_trainable
@@ -62,7 +62,7 @@ def _side(batch: Batch, prefix: str, use_pool_mask: bool) -> Batch:
 
 
 def make_train_step(
-    config: LlamaConfig,
+    config: ModelConfig,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     settings: StepSettings,
@@ -121,7 +121,7 @@ def make_train_step(
     return train_step
 
 
-def _dropout_rng(config: LlamaConfig, state: TrainState) -> jax.Array | None:
+def _dropout_rng(config: ModelConfig, state: TrainState) -> jax.Array | None:
     """This step's LoRA dropout key (None when there is no dropout to draw)."""
     if state.adapters is None or config.lora is None or not config.lora.dropout:
         return None
@@ -163,7 +163,7 @@ def _apply_gradients(
 
 
 def _make_reranker_step(
-    config: LlamaConfig,
+    config: ModelConfig,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     settings: StepSettings,
@@ -199,7 +199,7 @@ def _make_reranker_step(
 
 
 def state_shardings(
-    config: LlamaConfig,
+    config: ModelConfig,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
     task: str = "embedding",

@@ -1,0 +1,97 @@
+"""Run config → model config: the one translation of `config.model` and `config.lora` into
+an architecture's config (training, `plan`, export and PEFT export all build it here).
+
+An HF directory's `model_type` picks the architecture (`jaxembed.models.architectures`); a
+randomly initialized model is a Llama-family one with the dimensions in `config.model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import ml_collections
+
+from jaxembed import hf
+from jaxembed.errors import UserInputError
+from jaxembed.models import architectures
+from jaxembed.models.architectures import Architecture, ModelConfig
+from jaxembed.models.llama import LlamaConfig
+from jaxembed.models.lora import LoraConfig
+
+
+def architecture(config: ml_collections.ConfigDict) -> Architecture:
+    """The architecture a run trains (from the HF directory's model_type, else Llama)."""
+    m = config.model
+    if m.init != "hf":
+        return architectures.LLAMA
+    source = str(Path(m.hf_path) / "config.json")
+    return architectures.for_model_type(hf.read_hf_config(m.hf_path).get("model_type"), source)
+
+
+def lora_config(
+    config: ml_collections.ConfigDict, arch: Architecture | None = None
+) -> LoraConfig | None:
+    """The run's LoRA settings (None: full fine-tuning); bad values name their key. Empty
+    `lora.targets` means every projection of the architecture."""
+    lora = config.lora
+    if lora.rank == 0:
+        return None
+    if lora.rank < 0:
+        raise UserInputError(f"lora.rank={lora.rank}: must be >= 0 (0 = no LoRA)")
+    if not lora.alpha > 0:
+        raise UserInputError(f"lora.alpha={lora.alpha}: must be > 0")
+    arch = arch or architecture(config)
+    targets = lora.targets or arch.lora_default_targets
+    try:
+        settings = LoraConfig(lora.rank, float(lora.alpha), float(lora.dropout), targets)
+    except ValueError as e:
+        raise UserInputError(f"lora: {e}") from e
+    # The targets must match something: a typo would otherwise train nothing at all.
+    if not arch.lora_matches(settings.targets):
+        raise UserInputError(
+            f"lora.targets={settings.targets!r} matches no projection of this {arch.name} "
+            f"model; its projections are {', '.join(arch.lora_projections)}"
+        )
+    return settings
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    m = config.model
+    arch = architecture(config)
+    overrides = dict(
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        remat_policy=m.remat_policy,
+        lora=lora_config(config, arch),
+    )
+    if arch is architectures.LLAMA:
+        overrides["scan_layers"] = m.scan_layers
+    if m.init == "hf":
+        source = str(Path(m.hf_path) / "config.json")
+        model = arch.config_from_hf(hf.read_hf_config(m.hf_path), source, **overrides)
+        # Pruning at import: only the bottom N layers are ever read from the checkpoint.
+        return pruned_config(model, m.prune_layers)
+    return LlamaConfig(
+        vocab_size=m.vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        head_dim=m.head_dim or None,
+        max_position_embeddings=m.max_position_embeddings,
+        rope_theta=m.rope_theta,
+        **overrides,
+    )
+
+
+def pruned_config(config: ModelConfig, num_layers: int | None) -> ModelConfig:
+    """`config` keeping only its bottom `num_layers` layers (None or 0: all of them)."""
+    if not num_layers:
+        return config
+    if not 1 <= num_layers <= config.num_layers:
+        raise UserInputError(
+            f"cannot keep {num_layers} layers of a {config.num_layers}-layer checkpoint"
+        )
+    return dataclasses.replace(config, num_layers=num_layers)
