@@ -44,7 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
         # False: the layers run in a Python loop, faster to train on a CPU; True: under
         # nn.scan, compile time independent of depth (what the big recipes use).
         scan_layers=False,
-        pooling="mean",
+        # mean | last | first, or "auto": the HF checkpoint's own (its sentence-transformers
+        # Pooling module: mean for all-MiniLM-L6-v2, CLS for BGE), else mean.
+        pooling="auto",
         exclude_instruction=False,
         # "embedding" (bi-encoder) or "reranker" (cross-encoder: pairs joined by
         # data.pair_template, mean pooling, linear head to one score; see models/reranker.py)

@@ -383,7 +383,7 @@ class RunMetadata:
 
     @classmethod
     def from_run_config(cls, run_config: ml_collections.ConfigDict) -> RunMetadata:
-        from jaxembed.models.build import model_config
+        from jaxembed.models.build import model_config, pooling_mode
 
         m, d = run_config.model, run_config.data
         if m.init == "hf":
@@ -404,7 +404,7 @@ class RunMetadata:
             config=config,
             base_hf_config=base,
             tokenizer_dir=tokenizer_dir,
-            pooling=PoolingSettings(m.pooling, True, m.exclude_instruction),
+            pooling=PoolingSettings(pooling_mode(run_config), True, m.exclude_instruction),
             instruction=d.instruction,
             max_seq_length=max(d.query_max_length, d.passage_max_length),
             run_config=run_config,

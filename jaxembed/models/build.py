@@ -86,6 +86,33 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     )
 
 
+def pooling_mode(config: ml_collections.ConfigDict) -> str:
+    """`model.pooling`, with "auto" resolved: the HF checkpoint's own pooling (its
+    sentence-transformers or jaxembed files: CLS for BGE, mean for MiniLM), else mean. A
+    reranker always mean-pools."""
+    m = config.model
+    if m.pooling != "auto":
+        return m.pooling
+    if m.task == "reranker" or m.init != "hf":
+        return "mean"
+    from jaxembed.models.encoder import read_pooling_settings
+
+    return read_pooling_settings(m.hf_path).mode
+
+
+def check_lengths(config: ml_collections.ConfigDict, model: ModelConfig) -> None:
+    """The configured lengths fit the model (BERT's learned position table ends)."""
+    limit = architectures.for_config(model).max_length(model)
+    if limit is None:
+        return
+    for key in ("query_max_length", "passage_max_length"):
+        value = config.data[key]
+        if value > limit:
+            raise UserInputError(
+                f"data.{key}={value} exceeds the model's max_position_embeddings {limit}"
+            )
+
+
 def pruned_config(config: ModelConfig, num_layers: int | None) -> ModelConfig:
     """`config` keeping only its bottom `num_layers` layers (None or 0: all of them)."""
     if not num_layers:

@@ -8,6 +8,7 @@ would have. SIGTERM (preemption) saves a checkpoint at the next step boundary an
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import signal
@@ -39,7 +40,7 @@ from jaxembed.io_utils import atomic_file, check_writable_directory
 from jaxembed.losses import CONTRASTIVE_VARIANTS, RANKING_LOSSES
 from jaxembed.models import architectures
 from jaxembed.models.architectures import ModelConfig, init_adapters, init_params
-from jaxembed.models.build import lora_config, model_config
+from jaxembed.models.build import check_lengths, lora_config, model_config, pooling_mode
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.lora import merge_adapters
 from jaxembed.models.pooling import POOLING_MODES
@@ -97,10 +98,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise UserInputError("model.prune_layers needs model.init='hf' (set num_layers instead)")
     if m.task == "reranker":
         _validate_reranker(config)
+    check_lengths(config, model_config(config))
     if lora_config(config) is not None and config.model.init != "hf":
         log.warning("LoRA on a randomly initialized model trains adapters on random weights")
-    if m.pooling not in POOLING_MODES:
-        raise UserInputError(f"model.pooling={m.pooling!r}: expected one of {POOLING_MODES}")
+    if m.pooling not in POOLING_MODES + ("auto",):
+        raise UserInputError(
+            f"model.pooling={m.pooling!r}: expected one of {POOLING_MODES + ('auto',)}"
+        )
     if loss.variant not in CONTRASTIVE_VARIANTS:
         raise UserInputError(
             f"loss.variant={loss.variant!r}: expected one of {CONTRASTIVE_VARIANTS}"
@@ -155,7 +159,7 @@ def _validate_reranker(config: ml_collections.ConfigDict) -> None:
         raise UserInputError(f"data.pair_template: {e}") from e
     if config.data.num_negatives < 1:
         raise UserInputError("a reranker needs data.num_negatives >= 1 to rank against")
-    if m.pooling != "mean" or m.exclude_instruction:
+    if pooling_mode(config) != "mean" or m.exclude_instruction:
         raise UserInputError("a reranker mean-pools every token: model.pooling must be 'mean'")
     if config.gradcache.enabled:
         raise UserInputError("gradcache is for bi-encoders; a reranker's pairs are independent")
@@ -169,7 +173,7 @@ def _validate_reranker(config: ml_collections.ConfigDict) -> None:
 def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
     gc = config.gradcache
     return StepSettings(
-        pooling=config.model.pooling,
+        pooling=pooling_mode(config),
         exclude_instruction=config.model.exclude_instruction,
         loss_variant=config.loss.variant,
         temperature=config.loss.temperature,
@@ -237,7 +241,7 @@ class _Evaluator:
     def __init__(self, config: ml_collections.ConfigDict, mcfg: ModelConfig, tokenizer, mesh):
         self.data = load_beir(config.data.eval_dir, config.data.eval_split)
         self.instruction = config.data.instruction or None
-        self.pooling = PoolingSettings(config.model.pooling, True, config.model.exclude_instruction)
+        self.pooling = PoolingSettings(pooling_mode(config), True, config.model.exclude_instruction)
         self.args = (mcfg, tokenizer, mesh)
         self.max_length = max(config.data.query_max_length, config.data.passage_max_length)
         self.encoder: Encoder | None = None
@@ -318,6 +322,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     """Run (or resume) training in `workdir`; returns the logged history of this call."""
     workdir = Path(workdir)
     validate(config, jax.device_count())
+    # Saved with the run: export and resume read the pooling it trained with.
+    config = copy.deepcopy(config)
+    config.model.pooling = pooling_mode(config)
     check_writable_directory(workdir, "the workdir")
     mesh = make_mesh((config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
     mcfg = model_config(config)
