@@ -1,0 +1,273 @@
+"""Training BERT-family models on the real all-MiniLM-L6-v2: one train step's loss and every
+gradient against sentence-transformers' MultipleNegativesRankingLoss (full fine-tune) and
+PEFT (LoRA), a cross-encoder's listwise step against PyTorch, and a CLI run whose export
+`SentenceTransformer` loads, embeds as `jaxembed encode` does, and imports back bit for
+bit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxembed import hf
+from jaxembed.cli import main
+from jaxembed.hf_export import hf_tensors, lookup
+from jaxembed.models import architectures
+from jaxembed.models.architectures import init_adapters
+from jaxembed.models.lora import LoraConfig
+from jaxembed.models.reranker import init_head
+from jaxembed.peft_export import peft_tensors
+from jaxembed.train.step import StepSettings
+
+from hf_reference import assert_step_matches, gradient_step, jaxembed_encode
+
+QUERIES = [
+    "what protein regulates the cell cycle checkpoint?",
+    "does vitamin D lower the risk of fractures",
+    "How do T cells recognise antigens?",
+    "effect of statins on cholesterol",
+]
+POSITIVES = [
+    "p53 halts the cell cycle at the G1/S checkpoint in response to DNA damage.",
+    "Vitamin D supplementation reduced hip fractures in elderly women in a large trial.",
+    "T cell receptors bind peptide fragments presented by MHC molecules.",
+    "Statins inhibit HMG-CoA reductase and lower LDL cholesterol levels.",
+]
+NEGATIVES = [  # a hard negative per query: on topic, not the answer
+    "Cyclins were first discovered in sea urchin embryos.",
+    "Vitamin D is synthesized in the skin under ultraviolet light.",
+    "B cells produce antibodies after differentiating into plasma cells.",
+    "Dietary cholesterol is absorbed in the small intestine.",
+]
+SCALE = 20.0  # sentence-transformers' default; temperature 0.05
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+    config = architectures.config_from_hf(hf.read_hf_config(minilm_dir))
+    return config, hf.load_params(minilm_dir, config), hf.load_tokenizer(minilm_dir)
+
+
+def _features(st_model, texts):
+    return st_model.preprocess(texts)
+
+
+def _bi_encoder_batch(st_model):
+    """sentence-transformers' own tokenization of the three columns; passages padded to one
+    length so they stack as [B, 1 + N, L] for jaxembed."""
+    queries = _features(st_model, QUERIES)
+    passages = _features(
+        st_model, [t for pair in zip(POSITIVES, NEGATIVES, strict=True) for t in pair]
+    )
+    b = len(QUERIES)
+    batch = {
+        "query_input_ids": queries["input_ids"].numpy().astype(np.int32),
+        "query_attention_mask": queries["attention_mask"].numpy().astype(np.int32),
+        "passage_input_ids": passages["input_ids"].numpy().astype(np.int32).reshape(b, 2, -1),
+        "passage_attention_mask": passages["attention_mask"]
+        .numpy()
+        .astype(np.int32)
+        .reshape(b, 2, -1),
+    }
+    columns = [queries] + [
+        {k: v[j::2] if isinstance(v, torch.Tensor) else v for k, v in passages.items()}
+        for j in (0, 1)
+    ]
+    return batch, columns
+
+
+def _mnrl_step(st_model, columns) -> float:
+    """MultipleNegativesRankingLoss (anchor, positive, negative) forward and backward."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    st_model.zero_grad(set_to_none=True)
+    loss = MultipleNegativesRankingLoss(st_model, scale=SCALE)(columns, None)
+    loss.backward()
+    return loss.item()
+
+
+def _settings() -> StepSettings:
+    return StepSettings(
+        pooling="mean", loss_variant="in_batch", temperature=1 / SCALE, mask_duplicates=False
+    )
+
+
+def _st_model(minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    # eval(): jaxembed's BERT has no hidden/attention dropout; gradients flow all the same.
+    return SentenceTransformer(str(minilm_dir), device="cpu").eval()
+
+
+def test_minilm_step_matches_sentence_transformers_mnrl(minilm, minilm_dir):
+    config, params, _ = minilm
+    st_model = _st_model(minilm_dir)
+    batch, columns = _bi_encoder_batch(st_model)
+    loss, grad_norm, grads = gradient_step(config, params, batch, _settings())
+    ref_loss = _mnrl_step(st_model, columns)
+    named = dict(st_model[0].auto_model.named_parameters())
+    ours, ref = {}, {}
+    for tensor in hf_tensors(config):
+        g = np.asarray(lookup(grads, tensor.wmap.path))
+        ours[tensor.name] = g if tensor.layer is None else g[tensor.layer]
+        ref[tensor.name] = tensor.wmap.to_ours(named[tensor.name].grad.numpy())
+    assert_step_matches(loss, grad_norm, ours, ref_loss, ref)
+
+
+def test_minilm_lora_step_matches_peft(minilm, minilm_dir):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    base_config, params, _ = minilm
+    targets = architectures.BERT.lora_default_targets
+    config = dataclasses.replace(base_config, lora=LoraConfig(8, 16.0, 0.0, targets))
+    adapters = init_adapters(config, jax.random.PRNGKey(1))
+    rng = np.random.default_rng(0)  # B = 0 would make every A gradient zero
+    adapters = jax.tree_util.tree_map_with_path(
+        lambda path, x: (
+            jnp.asarray(rng.normal(0, 0.05, x.shape), x.dtype) if "_lora_b" in str(path[-1]) else x
+        ),
+        adapters,
+    )
+    assert len(jax.tree.leaves(adapters)) == 2 * len(architectures.BERT.lora_projections)
+    st_model = _st_model(minilm_dir)
+    batch, columns = _bi_encoder_batch(st_model)
+    loss, grad_norm, grads = gradient_step(config, params, batch, _settings(), adapters)
+
+    tensors, modules = peft_tensors(adapters, config)
+    assert modules == ["dense", "key", "query", "value"]  # PEFT's names for all six
+    backbone = st_model[0].auto_model
+    peft_model = get_peft_model(
+        backbone, PeftLoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=modules)
+    )
+    result = set_peft_model_state_dict(
+        peft_model, {k: torch.from_numpy(v) for k, v in tensors.items()}
+    )
+    assert not result.unexpected_keys
+    st_model[0].auto_model = peft_model.base_model.model
+    ref_loss = _mnrl_step(st_model, columns)
+    ours, _ = peft_tensors(grads["adapters"], config)
+    ref = {
+        name.replace(".default", ""): parameter.grad.numpy()
+        for name, parameter in peft_model.named_parameters()
+        # PEFT's "dense" also adapts the pooler, which no embedding reads (grad None).
+        if parameter.requires_grad and ".pooler." not in name
+    }
+    assert_step_matches(loss, grad_norm, ours, ref_loss, ref)
+
+
+def test_minilm_cross_encoder_listwise_step_matches_pytorch(minilm, minilm_dir):
+    """A BERT cross-encoder (jaxembed's reranker: joined pair, mean pooling, linear head)
+    against the same computation in PyTorch: listwise InfoNCE over [positive, negative]."""
+    from transformers import AutoModel
+
+    config, backbone, tokenizer = minilm
+    head = jax.tree.map(np.asarray, init_head(config, jax.random.PRNGKey(3)))
+    params = {"backbone": backbone, "score": head}
+    pairs = [
+        (q, p)
+        for q, pos, neg in zip(QUERIES, POSITIVES, NEGATIVES, strict=True)
+        for p in (pos, neg)
+    ]
+    enc = tokenizer([q for q, _ in pairs], [p for _, p in pairs], padding=True, return_tensors="np")
+    b = len(QUERIES)
+    batch = {
+        "pair_input_ids": enc["input_ids"].astype(np.int32).reshape(b, 2, -1),
+        "pair_attention_mask": enc["attention_mask"].astype(np.int32).reshape(b, 2, -1),
+    }
+    settings = StepSettings(pooling="mean", task="reranker", ranking="listwise")
+    loss, grad_norm, grads = gradient_step(config, params, batch, settings)
+
+    model = AutoModel.from_pretrained(minilm_dir, dtype=torch.float32).eval()
+    linear = torch.nn.Linear(config.hidden_size, 1)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(head["kernel"].T.copy()))
+        linear.bias.copy_(torch.from_numpy(head["bias"].copy()))
+    ids = torch.from_numpy(enc["input_ids"]).long()
+    mask = torch.from_numpy(enc["attention_mask"]).long()
+    # jaxembed's BERT runs one segment (token type 0 throughout).
+    hidden = model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+    hidden = hidden.last_hidden_state
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    scores = linear(pooled)[:, 0].reshape(b, 2)
+    ref_loss = torch.nn.functional.cross_entropy(scores, torch.zeros(b, dtype=torch.long))
+    ref_loss.backward()
+
+    named = dict(model.named_parameters())
+    ours, ref = {}, {}
+    for tensor in hf_tensors(config):
+        g = np.asarray(lookup(grads["backbone"], tensor.wmap.path))
+        ours[tensor.name] = g if tensor.layer is None else g[tensor.layer]
+        ref[tensor.name] = tensor.wmap.to_ours(named[tensor.name].grad.numpy())
+    ours["score.kernel"] = np.asarray(grads["score"]["kernel"])
+    ref["score.kernel"] = linear.weight.grad.numpy().T
+    ours["score.bias"] = np.asarray(grads["score"]["bias"])
+    ref["score.bias"] = linear.bias.grad.numpy()
+    assert_step_matches(loss, grad_norm, ours, ref_loss.item(), ref)
+
+
+def _write_training_data(path, rows: int = 32) -> None:
+    with path.open("w") as f:
+        for i in range(rows):
+            k = i % len(QUERIES)
+            record = {
+                "query": f"{QUERIES[k]} ({i})",
+                "positives": [POSITIVES[k]],
+                "negatives": [NEGATIVES[k]],
+            }
+            f.write(json.dumps(record) + "\n")
+
+
+def test_minilm_cli_run_exports_a_sentence_transformer_and_imports_back_exactly(
+    minilm_dir, tmp_path
+):
+    from sentence_transformers import SentenceTransformer
+
+    from jaxembed.hf_export import load_run_config, resolve_step, restore_numpy
+
+    data = tmp_path / "train.jsonl"
+    _write_training_data(data)
+    workdir, out = tmp_path / "run", tmp_path / "export"
+    common = ["--config", "configs/tiny.py", "--workdir", str(workdir)]
+    overrides = [
+        "model.init=hf",
+        f"model.hf_path={minilm_dir}",
+        f"data.train_files={data}",
+        "data.global_batch_size=8",
+        "data.query_max_length=32",
+        "data.passage_max_length=48",
+        "optimizer.learning_rate=1e-4",
+        "optimizer.warmup_steps=0",
+        "train.steps=3",
+        "train.log_every=1",
+        "train.checkpoint_every=3",
+    ]
+    assert main(["train", *common, *[f"--config.{o}" for o in overrides]]) == 0
+    run_config = json.loads((workdir / "config.json").read_text())
+    assert run_config["model"]["pooling"] == "mean"  # "auto" read the checkpoint's Pooling
+    assert main(["export", "--workdir", str(workdir), "--output", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
+    assert not (out / "modeling_bidirectional.py").exists()  # stock BertModel
+
+    texts = QUERIES + POSITIVES
+    st = SentenceTransformer(str(out), device="cpu").encode(texts, convert_to_numpy=True)
+    ours = jaxembed_encode(out, texts, tmp_path)
+    np.testing.assert_allclose(ours, st, atol=2e-6)
+    before = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts)
+    assert np.abs(st - before).max() > 1e-3  # the run trained something
+
+    config = architectures.config_from_hf(hf.read_hf_config(out))
+    imported = hf.load_params(out, config)
+    step_dir, _ = resolve_step(workdir)
+    restored, _ = restore_numpy(step_dir, load_run_config(workdir), with_params=True)
+    trained = restored["params"]
+    flat_imported = jax.tree_util.tree_leaves_with_path(imported)
+    assert len(flat_imported) == len(jax.tree.leaves(trained))
+    for path, value in flat_imported:
+        np.testing.assert_array_equal(np.asarray(value), lookup(trained, [p.key for p in path]))
