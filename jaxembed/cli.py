@@ -283,7 +283,8 @@ def cmd_rerank(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from jaxembed.hf_export import export, load_run_config
+    from jaxembed import tasks
+    from jaxembed.hf_export import load_run_config
 
     common = dict(
         step=args.step,
@@ -299,13 +300,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         out = export_adapter(args.workdir, args.output, **common)
         print(f"wrote PEFT LoRA adapter {out}")
         return
-    if load_run_config(args.workdir, args.config, args.overrides).model.task == "reranker":
-        from jaxembed.reranker_export import export_reranker_run
-
-        out, kind = export_reranker_run(args.workdir, args.output, **common), "reranker "
-    else:
-        out = export(args.workdir, args.output, max_shard_size=args.max_shard_size, **common)
-        kind = ""
+    task = tasks.get(load_run_config(args.workdir, args.config, args.overrides).model.task)
+    out = task.export(args.workdir, args.output, max_shard_size=args.max_shard_size, **common)
+    kind = "" if task.name == "embedding" else f"{task.name} "
     print(f"wrote Hugging Face {kind}directory {out}")
 
 

@@ -27,14 +27,11 @@ from jaxembed import hf
 from jaxembed.errors import UserInputError
 from jaxembed.hf_export import (
     EXPORT_DTYPES,
-    MODELING_CLASSES,
-    MODELING_FILE,
     TensorSpec,
     copy_modeling_file,
     hf_config_dict,
     hf_tensors,
     lookup,
-    model_type_for,
     open_run_step,
     restore_numpy,
     to_hf_layout,
@@ -42,7 +39,7 @@ from jaxembed.hf_export import (
     write_tokenizer,
 )
 from jaxembed.io_utils import atomic_directory
-from jaxembed.models.architectures import ModelConfig
+from jaxembed.models.architectures import ModelConfig, for_config
 from jaxembed.models.encoder import PoolingSettings
 from jaxembed.models.lora import merge_adapters
 from jaxembed.models.reranker import HEAD_BIAS, HEAD_WEIGHT
@@ -62,21 +59,20 @@ def reranker_config_dict(
     template: str,
     max_length: int,
 ) -> dict[str, Any]:
-    model_type = base.get("model_type") or model_type_for(config)
-    if model_type not in MODELING_CLASSES:
-        raise UserInputError(f"a {model_type} reranker cannot be exported (Llama family only)")
+    arch = for_config(config)
+    model_type = base.get("model_type") or arch.export_model_type(config)
+    classes = arch.reranker_export_classes(model_type)
+    if classes is None:
+        raise UserInputError(
+            f"a {model_type} reranker cannot be exported yet (its HF classification head "
+            "differs from jaxembed's); export a Llama-family reranker"
+        )
     if base:
         base = dict(base, num_hidden_layers=config.num_layers)  # pruned at import
     out = hf_config_dict(model_type, config, base, dtype, PoolingSettings("mean", False), tokenizer)
-    backbone_cls = MODELING_CLASSES[model_type]
-    cls = backbone_cls.replace("Model", "ForSequenceClassification")
-    module = MODELING_FILE[:-3]
     out.update(
-        architectures=[cls],
-        auto_map={
-            "AutoModel": f"{module}.{backbone_cls}",
-            "AutoModelForSequenceClassification": f"{module}.{cls}",
-        },
+        architectures=list(classes.architectures),
+        auto_map=dict(classes.auto_map or {}),
         num_labels=1,
         id2label={"0": "LABEL_0"},
         label2id={"LABEL_0": 0},

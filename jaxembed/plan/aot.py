@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxembed import tasks
 from jaxembed.errors import UserInputError
-from jaxembed.models.architectures import ModelConfig, adapter_shapes, param_shapes
+from jaxembed.models.architectures import ModelConfig, adapter_shapes
 from jaxembed.models.build import model_config, pruned_config
-from jaxembed.models.reranker import reranker_param_shapes
 from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
 from jaxembed.train.loop import step_settings
 from jaxembed.train.state import create_state, optimizer_from_config
@@ -87,26 +87,8 @@ def check_layout(config: ml_collections.ConfigDict, num_devices: int) -> tuple[i
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh: Any) -> dict[str, Any]:
     """The pipeline's batch at its longest bucket (keys as in jaxembed.data.pipeline)."""
-    d = config.data
-    b, g, lq, lp = (
-        d.global_batch_size,
-        1 + d.num_negatives,
-        d.query_max_length,
-        d.passage_max_length,
-    )
     sharding = batch_sharding(mesh)
-    if config.model.task == "reranker":
-        shapes = {"pair_input_ids": (b, g, lp), "pair_attention_mask": (b, g, lp)}
-        return {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=sharding) for k, s in shapes.items()}
-    shapes = {
-        "query_input_ids": (b, lq),
-        "query_attention_mask": (b, lq),
-        "query_pool_mask": (b, lq),
-        "passage_input_ids": (b, g, lp),
-        "passage_attention_mask": (b, g, lp),
-        "passage_pool_mask": (b, g, lp),
-        "doc_ids": (b, g),
-    }
+    shapes = tasks.get(config.model.task).batch_shapes(config)
     return {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=sharding) for k, s in shapes.items()}
 
 
@@ -117,7 +99,7 @@ def abstract_state(
     task: str = "embedding",
 ) -> Any:
     """The TrainState as ShapeDtypeStructs carrying the training shardings."""
-    boxed = reranker_param_shapes(model) if task == "reranker" else param_shapes(model)
+    boxed = tasks.get(task).param_shapes(model)
     params = nn.meta.unbox(boxed)
     adapters = nn.meta.unbox(adapter_shapes(model)) if model.lora is not None else None
     shapes = jax.eval_shape(

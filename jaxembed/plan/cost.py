@@ -67,10 +67,6 @@ def step_cost(real: Any, no_layers: Any, repeats: float) -> StepCost:
 def model_flops_per_step(config: ml_collections.ConfigDict, model: ModelConfig) -> float:
     """Model FLOPs of one step (6N per token plus attention, PaLM's count; no recomputation;
     with LoRA 4N, as frozen weights get no weight gradient)."""
-    d = config.data
-    model_flops_per_token = for_config(model).flops_per_token
-    b, g = d.global_batch_size, 1 + d.num_negatives
-    p = b * g * d.passage_max_length * model_flops_per_token(model, d.passage_max_length)
-    if config.model.task == "reranker":  # one joined pair per passage, no query tower
-        return p
-    return b * d.query_max_length * model_flops_per_token(model, d.query_max_length) + p
+    from jaxembed import tasks
+
+    return tasks.get(config.model.task).flops_per_step(config, model)

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxembed import hf
+from jaxembed import hf, tasks
 from jaxembed.checkpoint import (
     Checkpointer,
     CheckpointSaveError,
@@ -33,18 +33,16 @@ from jaxembed.checkpoint import (
 from jaxembed.config import RUN_CONFIG_NAME
 from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineConfig
 from jaxembed.data.formats import load_beir, read_training_jsonl
-from jaxembed.data.pairs import check_pair_template
 from jaxembed.errors import RunStopped, UserInputError
 from jaxembed.evaluate import evaluate_retrieval
 from jaxembed.io_utils import atomic_file, check_writable_directory
-from jaxembed.losses import CONTRASTIVE_VARIANTS, RANKING_LOSSES
+from jaxembed.losses import CONTRASTIVE_VARIANTS
 from jaxembed.models import architectures
-from jaxembed.models.architectures import ModelConfig, init_adapters, init_params
+from jaxembed.models.architectures import ModelConfig, init_adapters
 from jaxembed.models.build import check_lengths, lora_config, model_config, pooling_mode
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.lora import merge_adapters
 from jaxembed.models.pooling import POOLING_MODES
-from jaxembed.models.reranker import init_reranker_params, load_reranker_params
 from jaxembed.progress import progress_bar
 from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
 from jaxembed.train.metrics_log import MetricsLog
@@ -63,7 +61,6 @@ from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, s
 
 log = logging.getLogger(__name__)
 
-TASKS = ("embedding", "reranker")
 PIPELINE_KEYS = (
     "global_batch_size",
     "num_negatives",
@@ -90,14 +87,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             hf.read_hf_config(m.hf_path)
         except UserInputError as e:
             raise UserInputError(f"model.hf_path: {e}") from e
-    if m.task not in TASKS:
-        raise UserInputError(f"model.task={m.task!r}: expected one of {TASKS}")
+    task = tasks.get(m.task)
     if m.prune_layers < 0:
         raise UserInputError(f"model.prune_layers={m.prune_layers}: must be >= 0")
     if m.prune_layers and m.init != "hf":
         raise UserInputError("model.prune_layers needs model.init='hf' (set num_layers instead)")
-    if m.task == "reranker":
-        _validate_reranker(config)
+    task.validate(config)
     check_lengths(config, model_config(config))
     if lora_config(config) is not None and config.model.init != "hf":
         log.warning("LoRA on a randomly initialized model trains adapters on random weights")
@@ -145,29 +140,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.train.steps < 1:
         raise UserInputError(f"train.steps={config.train.steps}: must be >= 1")
     check_nonfinite_settings(config.train.nonfinite, config.train.max_consecutive_nonfinite)
-
-
-def _validate_reranker(config: ml_collections.ConfigDict) -> None:
-    m, loss = config.model, config.loss
-    if loss.ranking not in RANKING_LOSSES:
-        raise UserInputError(f"loss.ranking={loss.ranking!r}: expected one of {RANKING_LOSSES}")
-    if not loss.ranking_temperature > 0:
-        raise UserInputError(f"loss.ranking_temperature={loss.ranking_temperature}: must be > 0")
-    try:
-        check_pair_template(config.data.pair_template)
-    except UserInputError as e:
-        raise UserInputError(f"data.pair_template: {e}") from e
-    if config.data.num_negatives < 1:
-        raise UserInputError("a reranker needs data.num_negatives >= 1 to rank against")
-    if pooling_mode(config) != "mean" or m.exclude_instruction:
-        raise UserInputError("a reranker mean-pools every token: model.pooling must be 'mean'")
-    if config.gradcache.enabled:
-        raise UserInputError("gradcache is for bi-encoders; a reranker's pairs are independent")
-    if config.train.eval_every:
-        raise UserInputError(
-            "train.eval_every evaluates retrieval; for a reranker set it to 0 and use "
-            "`jaxembed rerank` on the exported model"
-        )
 
 
 def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
@@ -336,10 +308,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {mcfg.vocab_size}"
         )
     datasets = load_datasets(config)
-    reranker = config.model.task == "reranker"
-    pair = {"pair_template": config.data.pair_template} if reranker else {}
+    task = tasks.get(config.model.task)
     pipeline_config = PipelineConfig.from_mapping(
-        {k: config.data[k] for k in PIPELINE_KEYS} | {"seed": config.seed} | pair
+        {k: config.data[k] for k in PIPELINE_KEYS}
+        | {"seed": config.seed}
+        | task.pipeline_options(config)
     )
 
     optimizer, schedule = optimizer_from_config(config)
@@ -353,18 +326,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         out_shardings=shardings,
     )
     rng = jax.random.PRNGKey(config.seed)
-    if reranker and config.model.init == "hf":
-        params = load_reranker_params(
-            config.model.hf_path, mcfg, rng=jax.random.fold_in(rng, 2), shardings=shardings.params
+    if config.model.init == "hf":
+        params = task.load_params(
+            config.model.hf_path, mcfg, jax.random.fold_in(rng, 2), shardings.params
         )
-    elif reranker:
-        params = jax.jit(lambda r: init_reranker_params(mcfg, r), out_shardings=shardings.params)(
-            rng
-        )
-    elif config.model.init == "hf":
-        params = hf.load_params(config.model.hf_path, mcfg, shardings=shardings.params)
     else:
-        params = jax.jit(lambda r: init_params(mcfg, r), out_shardings=shardings.params)(rng)
+        params = jax.jit(lambda r: task.init_params(mcfg, r), out_shardings=shardings.params)(rng)
     adapters = None
     if mcfg.lora is not None:
         adapters = jax.jit(lambda r: init_adapters(mcfg, r), out_shardings=shardings.adapters)(

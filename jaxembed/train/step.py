@@ -1,14 +1,8 @@
-"""The pure bi-encoder train step `(state, batch) -> (state, metrics)` and its jitted,
-explicitly sharded form.
+"""The pure train step `(state, batch) -> (state, metrics)` and its jitted, explicitly
+sharded form.
 
-Queries and passages go through the same bidirectional backbone (shared weights, the
-recipes' choice), are pooled and L2-normalized, and meet in the configured contrastive loss
-over the whole global batch. With GradCache on, the same gradients come from chunked
-embedding passes in bounded activation memory.
-
-With `task="reranker"` the same step trains a cross-encoder: each joined (query, passage)
-pair of `pair_input_ids` [B, 1+N, L] gets one score, and the ranking loss (listwise InfoNCE
-over [positive, N negatives] or pointwise BCE) is taken per query.
+The task (`jaxembed.tasks`: the bi-encoder's contrastive loss, the cross-encoder's ranking
+loss) computes the loss and gradients; the step applies them, skipping non-finite updates.
 """
 
 from __future__ import annotations
@@ -23,11 +17,8 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 
-from jaxembed.gradcache import gradcache_value_and_grad
-from jaxembed.losses import contrastive_loss, ranking_loss
-from jaxembed.models.architectures import ModelConfig, adapter_shapes, param_shapes
-from jaxembed.models.encoder import make_embed_fn
-from jaxembed.models.reranker import make_score_fn, reranker_param_shapes
+from jaxembed import tasks
+from jaxembed.models.architectures import ModelConfig, adapter_shapes
 from jaxembed.sharding import batch_sharding, param_shardings, replicated
 from jaxembed.train.state import TrainState, trainable, with_trainable
 
@@ -49,83 +40,20 @@ class StepSettings:
     ranking_temperature: float = 1.0
 
 
-def _side(batch: Batch, prefix: str, use_pool_mask: bool) -> Batch:
-    """The query or passage inputs of a batch, passages flattened to [B*(1+N), L]."""
-    out = {}
-    names = ("input_ids", "attention_mask") + (("pool_mask",) if use_pool_mask else ())
-    for name in names:
-        key = f"{prefix}_{name}"
-        if key in batch:
-            x = batch[key]
-            out[name] = x.reshape(-1, x.shape[-1])
-    return out
-
-
 def make_train_step(
     config: ModelConfig,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     settings: StepSettings,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    if settings.task == "reranker":
-        return _make_reranker_step(config, optimizer, schedule, settings)
-    embed = make_embed_fn(config, settings.pooling)
+    """The pure step of `settings.task`: the task's loss and gradients, then one update."""
+    gradients = tasks.get(settings.task).gradients(config, settings)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        queries = _side(batch, "query", settings.exclude_instruction)
-        passages = _side(batch, "passage", settings.exclude_instruction)
-        batch_size = batch["query_input_ids"].shape[0]
-        doc_ids = batch.get("doc_ids") if settings.mask_duplicates else None
-        dropout_rng = _dropout_rng(config, state)
-        if dropout_rng is not None:
-            # Global row numbers key the dropout masks, so GradCache chunks see the same ones.
-            num_passages = passages["input_ids"].shape[0]
-            queries["row_ids"] = jnp.arange(batch_size, dtype=jnp.int32)
-            passages["row_ids"] = batch_size + jnp.arange(num_passages, dtype=jnp.int32)
-
-        def loss_fn(q: jax.Array, p: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-            return contrastive_loss(
-                q,
-                p.reshape(batch_size, -1, p.shape[-1]),
-                variant=settings.loss_variant,
-                temperature=settings.temperature,
-                doc_ids=doc_ids,
-                false_negative_margin=settings.false_negative_margin,
-            )
-
-        def embed_trainable(values: Any, inputs: Batch) -> jax.Array:
-            model = with_trainable(state, values)
-            return embed(model.params, inputs, model.adapters, dropout_rng)
-
-        values = trainable(state.params, state.adapters)
-        if settings.gradcache_chunk:
-            (loss, metrics), grads = gradcache_value_and_grad(
-                embed_trainable,
-                loss_fn,
-                values,
-                queries,
-                passages,
-                chunk_size=settings.gradcache_chunk,
-                passage_chunk_size=settings.gradcache_passage_chunk or None,
-            )
-        else:
-
-            def direct(values: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-                return loss_fn(embed_trainable(values, queries), embed_trainable(values, passages))
-
-            (loss, metrics), grads = jax.value_and_grad(direct, has_aux=True)(values)
-        tokens = jnp.sum(queries["attention_mask"]) + jnp.sum(passages["attention_mask"])
-        metrics = dict(metrics, loss=loss, tokens=tokens)
-        return _apply_gradients(state, grads, optimizer, schedule, metrics)
+        (loss, metrics), grads = gradients(state, batch)
+        return _apply_gradients(state, grads, optimizer, schedule, dict(metrics, loss=loss))
 
     return train_step
-
-
-def _dropout_rng(config: ModelConfig, state: TrainState) -> jax.Array | None:
-    """This step's LoRA dropout key (None when there is no dropout to draw)."""
-    if state.adapters is None or config.lora is None or not config.lora.dropout:
-        return None
-    return jax.random.fold_in(state.rng, state.step)
 
 
 def _apply_gradients(
@@ -162,42 +90,6 @@ def _apply_gradients(
     return new_state, metrics
 
 
-def _make_reranker_step(
-    config: ModelConfig,
-    optimizer: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    settings: StepSettings,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    score = make_score_fn(config, settings.pooling)
-
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        ids, mask = batch["pair_input_ids"], batch["pair_attention_mask"]
-        batch_size, group = ids.shape[:2]
-        pairs = {
-            "input_ids": ids.reshape(-1, ids.shape[-1]),
-            "attention_mask": mask.reshape(-1, mask.shape[-1]),
-        }
-        dropout_rng = _dropout_rng(config, state)
-        if dropout_rng is not None:
-            pairs["row_ids"] = jnp.arange(batch_size * group, dtype=jnp.int32)
-
-        def loss_fn(values: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-            model = with_trainable(state, values)
-            scores = score(model.params, pairs, model.adapters, dropout_rng)
-            return ranking_loss(
-                scores.reshape(batch_size, group),
-                kind=settings.ranking,
-                temperature=settings.ranking_temperature,
-            )
-
-        values = trainable(state.params, state.adapters)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(values)
-        metrics = dict(metrics, loss=loss, tokens=jnp.sum(mask))
-        return _apply_gradients(state, grads, optimizer, schedule, metrics)
-
-    return train_step
-
-
 def state_shardings(
     config: ModelConfig,
     optimizer: optax.GradientTransformation,
@@ -206,7 +98,7 @@ def state_shardings(
 ) -> TrainState:
     """Params, LoRA adapters (when `config.lora` is set) and the optimizer moments of what is
     trained share the FSDP/tensor layout of what they belong to."""
-    boxed = reranker_param_shapes(config) if task == "reranker" else param_shapes(config)
+    boxed = tasks.get(task).param_shapes(config)
     params = param_shardings(boxed, mesh)
     boxed_adapters = adapter_shapes(config) if config.lora is not None else None
     adapters = None if boxed_adapters is None else param_shardings(boxed_adapters, mesh)

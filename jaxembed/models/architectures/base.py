@@ -68,6 +68,9 @@ class Architecture:
     export_model_type: Callable[[Any], str]  # the HF model_type that expresses a config
     hf_config_fields: Callable[[Any, str], dict[str, Any]]  # transformers config kwargs
     export_classes: Callable[[str], HFExportClasses]  # per model_type, for the embedder
+    # Per model_type, for a reranker (backbone + mean pooling + linear head); None: the
+    # family has no HF class for jaxembed's reranker head yet.
+    reranker_export_classes: Callable[[str], HFExportClasses | None]
     # Module paths of every LoRA-adaptable projection, and the default target regex.
     lora_projections: tuple[str, ...]
     lora_default_targets: str

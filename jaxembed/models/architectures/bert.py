@@ -144,6 +144,8 @@ BERT = Architecture(
     export_model_type=lambda config: "bert",
     hf_config_fields=hf_config_fields,
     export_classes=lambda model_type: HFExportClasses(("BertModel",)),
+    # BertForSequenceClassification scores CLS through its pooler, not jaxembed's head.
+    reranker_export_classes=lambda model_type: None,
     lora_projections=LORA_PROJECTIONS,
     lora_default_targets=ALL_PROJECTIONS,
     max_length=lambda config: config.max_position_embeddings,

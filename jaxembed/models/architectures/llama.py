@@ -178,6 +178,17 @@ def export_classes(model_type: str) -> HFExportClasses:
     return HFExportClasses((cls,), {"AutoModel": f"{MODELING_FILE[:-3]}.{cls}"})
 
 
+def reranker_export_classes(model_type: str) -> HFExportClasses:
+    backbone = MODELING_CLASSES[model_type]
+    cls = backbone.replace("Model", "ForSequenceClassification")
+    module = MODELING_FILE[:-3]
+    auto_map = {
+        "AutoModel": f"{module}.{backbone}",
+        "AutoModelForSequenceClassification": f"{module}.{cls}",
+    }
+    return HFExportClasses((cls,), auto_map)
+
+
 LLAMA = Architecture(
     name="llama",
     config_type=LlamaConfig,
@@ -190,6 +201,7 @@ LLAMA = Architecture(
     export_model_type=export_model_type,
     hf_config_fields=hf_config_fields,
     export_classes=export_classes,
+    reranker_export_classes=reranker_export_classes,
     lora_projections=LORA_PROJECTIONS,
     lora_default_targets=ALL_PROJECTIONS,
     max_length=lambda config: None,  # RoPE: no position table to run past
