@@ -295,7 +295,7 @@ def test_pipeline_pair_mode_yields_joined_pairs_positive_first(tok):
 
 def test_reranker_config_validates():
     from jaxembed.config import load_config
-    from jaxembed.train.loop import validate
+    from jaxembed.train.validate import validate
 
     config = load_config("configs/nv_rerankqa_mistral_4b.py")
     assert config.model.task == "reranker" and config.model.prune_layers == 16

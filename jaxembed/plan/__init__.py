@@ -15,11 +15,9 @@ from typing import Any
 
 import ml_collections
 
-from jaxembed.errors import UserInputError
 from jaxembed.plan.aot import (
     abstract_batch,
     abstract_state,
-    check_layout,
     compile_train_step,
     optimizer_from_config,
     per_device_bytes,
@@ -30,6 +28,7 @@ from jaxembed.plan.report import PlanReport, advice, format_report
 from jaxembed.plan.topology import CHIPS, Topology, compile_only_devices, parse_topology
 from jaxembed.sharding import MESH_AXES, make_mesh
 from jaxembed.train.step import state_shardings
+from jaxembed.train.validate import check_layout, validate_model
 
 __all__ = ["CHIPS", "PlanReport", "Topology", "format_report", "parse_topology", "plan"]
 
@@ -41,13 +40,7 @@ def plan(
 ) -> PlanReport:
     """Compile `config`'s train step for the named TPU slice and measure it."""
     topology = parse_topology(topology_name)
-    if config.model.init == "hf" and config.model.hf_path:
-        from jaxembed import hf
-
-        try:
-            hf.read_hf_config(config.model.hf_path)
-        except UserInputError as e:
-            raise UserInputError(f"model.hf_path: {e}") from e
+    validate_model(config, weights_needed=False)
     model = planning_model_config(config)
     devices = compile_only_devices(topology)
     mesh_shape = check_layout(config, len(devices))

@@ -20,13 +20,13 @@ import ml_collections
 import optax
 
 from jaxembed import tasks
-from jaxembed.errors import UserInputError
 from jaxembed.models.architectures import ModelConfig, adapter_shapes
 from jaxembed.models.build import model_config, pruned_config
-from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
+from jaxembed.sharding import batch_sharding, make_mesh
 from jaxembed.train.loop import step_settings
 from jaxembed.train.state import create_state, optimizer_from_config
 from jaxembed.train.step import jit_train_step, make_train_step, state_shardings
+from jaxembed.train.validate import check_layout
 
 
 @dataclass
@@ -57,32 +57,6 @@ def _scanned(model: ModelConfig) -> ModelConfig:
     if any(f.name == "scan_layers" for f in dataclasses.fields(model)):
         return dataclasses.replace(model, scan_layers=True)
     return model
-
-
-def check_layout(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
-    """Mesh, batch and GradCache chunking against the device count (the checks training makes
-    before compiling); returns the resolved mesh shape."""
-    m, d, gc = config.mesh, config.data, config.gradcache
-    shape = resolve_mesh_shape((m.data, m.fsdp, m.tensor), num_devices)
-    dp = shape[0] * shape[1]
-    if d.global_batch_size % dp:
-        raise UserInputError(
-            f"data.global_batch_size={d.global_batch_size} is not divisible by the data-parallel "
-            f"size {dp} (mesh.data x mesh.fsdp)"
-        )
-    if gc.enabled:
-        passages = d.global_batch_size * (1 + d.num_negatives)
-        rows = {
-            "gradcache.chunk_size": (gc.chunk_size, d.global_batch_size),
-            "gradcache.passage_chunk_size": (gc.passage_chunk_size or gc.chunk_size, passages),
-        }
-        for key, (chunk, total) in rows.items():
-            if chunk < 1 or total % chunk or chunk % dp:
-                raise UserInputError(
-                    f"{key}={chunk}: must divide {total} rows and be a multiple of the "
-                    f"data-parallel size {dp}"
-                )
-    return shape
 
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh: Any) -> dict[str, Any]:

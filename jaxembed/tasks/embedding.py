@@ -36,7 +36,7 @@ class EmbeddingTask:
     name = "embedding"
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
-        return None  # the shared checks (train/loop.validate) cover the bi-encoder
+        return None  # the shared checks (train/validate.py) cover the bi-encoder
 
     def param_shapes(self, model: Any) -> Any:
         return for_config(model).param_shapes(model)

@@ -36,18 +36,15 @@ from jaxembed.data.formats import load_beir, read_training_jsonl
 from jaxembed.errors import RunStopped, UserInputError
 from jaxembed.evaluate import evaluate_retrieval
 from jaxembed.io_utils import atomic_file, check_writable_directory
-from jaxembed.losses import CONTRASTIVE_VARIANTS
 from jaxembed.models import architectures
 from jaxembed.models.architectures import ModelConfig, init_adapters
-from jaxembed.models.build import check_lengths, lora_config, model_config, pooling_mode
+from jaxembed.models.build import model_config, pooling_mode
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.lora import merge_adapters
-from jaxembed.models.pooling import POOLING_MODES
 from jaxembed.progress import progress_bar
-from jaxembed.sharding import batch_sharding, make_mesh, resolve_mesh_shape
+from jaxembed.sharding import batch_sharding, make_mesh
 from jaxembed.train.metrics_log import MetricsLog
 from jaxembed.train.nonfinite import NonFiniteGuard
-from jaxembed.train.nonfinite import check_settings as check_nonfinite_settings
 from jaxembed.train.resume import resume_latest
 from jaxembed.train.state import (
     TrainState,
@@ -58,6 +55,7 @@ from jaxembed.train.state import (
     with_frozen_params,
 )
 from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
+from jaxembed.train.validate import validate
 
 log = logging.getLogger(__name__)
 
@@ -71,75 +69,6 @@ PIPELINE_KEYS = (
     "homogeneous",
     "prefetch",
 )
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Every check that can fail before a compile (or a weight read) happens."""
-    m, d, loss, gc = config.model, config.data, config.loss, config.gradcache
-    if m.init not in ("random", "hf"):
-        raise UserInputError(f"model.init={m.init!r}: expected 'random' or 'hf'")
-    if m.init == "hf":
-        if not m.hf_path:
-            raise UserInputError(
-                "model.hf_path is empty: model.init='hf' needs a local HF directory"
-            )
-        try:
-            hf.read_hf_config(m.hf_path)
-        except UserInputError as e:
-            raise UserInputError(f"model.hf_path: {e}") from e
-    task = tasks.get(m.task)
-    if m.prune_layers < 0:
-        raise UserInputError(f"model.prune_layers={m.prune_layers}: must be >= 0")
-    if m.prune_layers and m.init != "hf":
-        raise UserInputError("model.prune_layers needs model.init='hf' (set num_layers instead)")
-    task.validate(config)
-    check_lengths(config, model_config(config))
-    if lora_config(config) is not None and config.model.init != "hf":
-        log.warning("LoRA on a randomly initialized model trains adapters on random weights")
-    if m.pooling not in POOLING_MODES + ("auto",):
-        raise UserInputError(
-            f"model.pooling={m.pooling!r}: expected one of {POOLING_MODES + ('auto',)}"
-        )
-    if loss.variant not in CONTRASTIVE_VARIANTS:
-        raise UserInputError(
-            f"loss.variant={loss.variant!r}: expected one of {CONTRASTIVE_VARIANTS}"
-        )
-    if not loss.temperature > 0:
-        raise UserInputError(f"loss.temperature={loss.temperature}: must be > 0")
-    mesh_shape = resolve_mesh_shape(
-        (config.mesh.data, config.mesh.fsdp, config.mesh.tensor), num_devices
-    )
-    dp = mesh_shape[0] * mesh_shape[1]
-    if d.global_batch_size % dp:
-        raise UserInputError(
-            f"data.global_batch_size={d.global_batch_size} is not divisible by the data-parallel "
-            f"size {dp} (mesh.data x mesh.fsdp)"
-        )
-    if gc.enabled:
-        rows = {"gradcache.chunk_size": (gc.chunk_size, d.global_batch_size)}
-        passages = d.global_batch_size * (1 + d.num_negatives)
-        rows["gradcache.passage_chunk_size"] = (gc.passage_chunk_size or gc.chunk_size, passages)
-        for key, (chunk, total) in rows.items():
-            if chunk < 1 or total % chunk or chunk % dp:
-                raise UserInputError(
-                    f"{key}={chunk}: must divide {total} rows and be a multiple of the "
-                    f"data-parallel size {dp}"
-                )
-    if not d.train_files:
-        raise UserInputError("data.train_files is empty: give one or more training JSONL files")
-    for path in d.train_files:
-        if not Path(path).is_file():
-            raise UserInputError(f"data.train_files: {path} not found")
-    if m.init == "random" and not d.tokenizer:
-        raise UserInputError("data.tokenizer is empty: a random model needs a tokenizer directory")
-    if config.train.eval_every:
-        if not d.eval_dir:
-            raise UserInputError("train.eval_every is set but data.eval_dir is empty")
-        if jax.process_count() > 1:
-            raise UserInputError("train.eval_every is single-process only for now; set it to 0")
-    if config.train.steps < 1:
-        raise UserInputError(f"train.steps={config.train.steps}: must be >= 1")
-    check_nonfinite_settings(config.train.nonfinite, config.train.max_consecutive_nonfinite)
 
 
 def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
