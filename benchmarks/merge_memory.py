@@ -73,7 +73,8 @@ NAIVE_EXPORT = """
 from pathlib import Path
 import numpy as np, orbax.checkpoint as ocp
 from safetensors.numpy import save_file
-from jaxembed.hf_export import RunMetadata, hf_tensors, load_run_config, to_hf_layout
+from jaxembed.hf_directory import RunMetadata, hf_tensors, to_hf_layout
+from jaxembed.run_steps import load_run_config
 
 def work():
     meta = RunMetadata.from_run_config(load_run_config(sys.argv[2]))
@@ -113,7 +114,7 @@ def make_models(root: Path, args: argparse.Namespace) -> tuple[list[str], int, P
     from jaxembed import hf
     from jaxembed.checkpoint import Checkpointer
     from jaxembed.config import default_config
-    from jaxembed.hf_export import hf_tensors
+    from jaxembed.hf_directory import hf_tensors
     from jaxembed.models import architectures
 
     kwargs = dict(

@@ -284,7 +284,7 @@ def cmd_rerank(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from jaxembed import tasks
-    from jaxembed.hf_export import load_run_config
+    from jaxembed.run_steps import load_run_config
 
     common = dict(
         step=args.step,

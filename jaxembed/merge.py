@@ -32,21 +32,18 @@ import numpy as np
 
 from jaxembed import hf
 from jaxembed.errors import UserInputError
-from jaxembed.hf_export import (
+from jaxembed.hf_directory import (
     EXPORT_DTYPES,
     HFTensor,
-    OrbaxSource,
     RunMetadata,
     TensorSource,
     architecture_difference,
-    checkpoint_steps,
     hf_tensors,
-    load_run_config,
     read_metrics,
-    resolve_step,
     write_hf_directory,
 )
 from jaxembed.models import architectures
+from jaxembed.run_steps import OrbaxSource, checkpoint_steps, load_run_config, resolve_step
 from jaxembed.safetensors_io import INDEX_NAME, SafetensorsCheckpoint
 
 log = logging.getLogger(__name__)

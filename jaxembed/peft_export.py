@@ -19,11 +19,12 @@ import numpy as np
 
 from jaxembed import hf
 from jaxembed.errors import UserInputError
-from jaxembed.hf_export import canonical, open_run_step, restore_numpy
+from jaxembed.hf_directory import canonical
 from jaxembed.io_utils import atomic_directory
 from jaxembed.models import architectures
 from jaxembed.models.architectures import ModelConfig
 from jaxembed.models.lora import AdapterPair, adapter_pairs
+from jaxembed.run_steps import open_run_step, restore_numpy
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

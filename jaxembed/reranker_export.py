@@ -25,17 +25,12 @@ import numpy as np
 
 from jaxembed import hf
 from jaxembed.errors import UserInputError
-from jaxembed.hf_export import (
+from jaxembed.hf_directory import (
     EXPORT_DTYPES,
-    TensorSpec,
     copy_modeling_file,
     hf_config_dict,
     hf_tensors,
-    lookup,
-    open_run_step,
-    restore_numpy,
     to_hf_layout,
-    write_safetensors,
     write_tokenizer,
 )
 from jaxembed.io_utils import atomic_directory
@@ -43,6 +38,8 @@ from jaxembed.models.architectures import ModelConfig, for_config
 from jaxembed.models.encoder import PoolingSettings
 from jaxembed.models.lora import merge_adapters
 from jaxembed.models.reranker import HEAD_BIAS, HEAD_WEIGHT
+from jaxembed.run_steps import lookup, open_run_step, restore_numpy
+from jaxembed.safetensors_io import TensorSpec, write_safetensors
 
 BACKBONE_PREFIX = "model."
 # CrossEncoder applies a sigmoid to one-label models unless told otherwise; the raw logit is

@@ -110,9 +110,7 @@ def assert_step_matches(
     assert abs(grad_norm - ref_norm) < 1e-4 * ref_norm
     assert ours.keys() == ref.keys()
     floor = 1e-4 * ref_norm
-    worst = max(
-        np.linalg.norm(ours[k] - ref[k]) / max(np.linalg.norm(ref[k]), floor) for k in ref
-    )
+    worst = max(np.linalg.norm(ours[k] - ref[k]) / max(np.linalg.norm(ref[k]), floor) for k in ref)
     assert worst < 1e-3, worst
     total = np.sqrt(sum(np.sum((ours[k] - ref[k]) ** 2) for k in ref))
     assert total / ref_norm < 1e-4

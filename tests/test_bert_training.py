@@ -17,12 +17,13 @@ import torch
 
 from jaxembed import hf
 from jaxembed.cli import main
-from jaxembed.hf_export import hf_tensors, lookup
+from jaxembed.hf_directory import hf_tensors
 from jaxembed.models import architectures
 from jaxembed.models.architectures import init_adapters
 from jaxembed.models.lora import LoraConfig
 from jaxembed.models.reranker import init_head
 from jaxembed.peft_export import peft_tensors
+from jaxembed.run_steps import lookup
 from jaxembed.train.step import StepSettings
 
 from hf_reference import assert_step_matches, gradient_step, jaxembed_encode
@@ -229,7 +230,7 @@ def test_minilm_cli_run_exports_a_sentence_transformer_and_imports_back_exactly(
 ):
     from sentence_transformers import SentenceTransformer
 
-    from jaxembed.hf_export import load_run_config, resolve_step, restore_numpy
+    from jaxembed.run_steps import load_run_config, resolve_step, restore_numpy
 
     data = tmp_path / "train.jsonl"
     _write_training_data(data)

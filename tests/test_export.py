@@ -232,11 +232,11 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(run, tmp_path, caps
 
 
 def test_failure_midway_leaves_nothing(run, tmp_path, monkeypatch):
-    from jaxembed import hf_export
+    from jaxembed import hf_export, run_steps
 
     workdir, flags, _ = run
     overrides = [f[len("--config.") :] for f in flags if f.startswith("--config.")]
-    read = hf_export.OrbaxSource.read
+    read = run_steps.OrbaxSource.read
     calls = []
 
     def failing_read(self, tensor):
@@ -245,7 +245,7 @@ def test_failure_midway_leaves_nothing(run, tmp_path, monkeypatch):
             raise OSError("disk full")
         return read(self, tensor)
 
-    monkeypatch.setattr(hf_export.OrbaxSource, "read", failing_read)
+    monkeypatch.setattr(run_steps.OrbaxSource, "read", failing_read)
     with pytest.raises(OSError, match="disk full"):
         hf_export.export(workdir, tmp_path / "out", config_spec=flags[1], overrides=overrides)
     assert len(calls) == 5 and not (tmp_path / "out").exists()

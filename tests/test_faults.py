@@ -243,12 +243,12 @@ def test_read_only_workdir_is_named_before_anything_runs(task_dir, small_tmpfs, 
 
 
 def test_interrupted_export_leaves_no_output(reference, tmp_path, monkeypatch, capsys):
-    from jaxembed import hf_export
+    from jaxembed import hf_directory
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hf_export, "write_safetensors", interrupted)
+    monkeypatch.setattr(hf_directory, "write_safetensors", interrupted)
     out = tmp_path / "export"
     assert main(["export", "--workdir", str(reference), "--output", str(out)]) == 130
     (line,) = _error_lines(capsys.readouterr().err)

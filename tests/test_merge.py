@@ -297,7 +297,7 @@ def test_six_way_merge_peak_memory_stays_below_one_model(tmp_path):
     them all would take six; averaging one model at a time, at least one)."""
     from transformers import AutoConfig
 
-    from jaxembed.hf_export import hf_tensors
+    from jaxembed.hf_directory import hf_tensors
     from jaxembed.models.llama import LlamaConfig
 
     config = LlamaConfig(

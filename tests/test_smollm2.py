@@ -18,13 +18,14 @@ import torch
 
 from jaxembed import hf
 from jaxembed.cli import main
-from jaxembed.hf_export import hf_tensors, lookup
+from jaxembed.hf_directory import hf_tensors
 from jaxembed.models import architectures
 from jaxembed.models.architectures import init_adapters
 from jaxembed.models.generate import greedy_generate
 from jaxembed.models.llama import LlamaModel
 from jaxembed.models.lora import ALL_PROJECTIONS, LoraConfig
 from jaxembed.peft_export import peft_tensors
+from jaxembed.run_steps import lookup
 from jaxembed.train.step import StepSettings
 
 from hf_reference import (
