@@ -161,7 +161,7 @@ def scores(path: Path) -> tuple[float, float]:
 def main() -> None:
     args = parse_args()
     root = Path(args.workdir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "eval").mkdir(parents=True, exist_ok=True)
     run = Runner(root)
     base, scifact = minilm_dir(), scifact_dir()
     epochs = 1 if args.smoke else args.epochs

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from jaxembed import cli
 from jaxembed.cli import main
 from jaxembed.data.formats import read_training_jsonl
-from jaxembed.mining.methods import METHODS
 
 from tiny_models import WORDS, make_hf_model
 
@@ -168,10 +166,6 @@ def test_training_jsonl_input_mines_like_beir(beir, capsys):
     ]
     assert lines[0]["query_id"] == "line1"
     assert [x["instruction"] for x in lines] == ["w9", "w9", "own"] + ["w9"] * (N_QUERIES - 3)
-
-
-def test_cli_method_choices_are_the_library_methods():
-    assert cli.MINING_METHODS == METHODS
 
 
 def _fails(args, capsys, tmp_path=None):
