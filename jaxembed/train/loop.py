@@ -1,4 +1,6 @@
-"""The training loop: config → mesh, model, data, optimizer; restore; train; checkpoint.
+"""The training loop: config → mesh, model, data, optimizer; restore; then steps, each
+followed by the hooks (train/hooks.py: non-finite guard, metrics and evaluation, preemption,
+checkpoint).
 
 Resuming is exact: the checkpoint holds params, optimizer state, step, rng and the data
 iterator's position, so a restarted run sees exactly the batches the uninterrupted run
@@ -10,9 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
-import signal
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,8 +23,6 @@ import ml_collections
 from jaxembed import hf, tasks
 from jaxembed.checkpoint import (
     Checkpointer,
-    CheckpointSaveError,
-    describe_last_complete,
     has_frozen_params,
     restore_frozen_params,
     save_frozen_params,
@@ -33,7 +30,7 @@ from jaxembed.checkpoint import (
 from jaxembed.config import RUN_CONFIG_NAME
 from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineConfig
 from jaxembed.data.formats import load_beir, read_training_jsonl
-from jaxembed.errors import RunStopped, UserInputError
+from jaxembed.errors import UserInputError
 from jaxembed.evaluate import evaluate_retrieval
 from jaxembed.io_utils import atomic_file, check_writable_directory
 from jaxembed.models import architectures
@@ -43,6 +40,14 @@ from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.lora import merge_adapters
 from jaxembed.progress import progress_bar
 from jaxembed.sharding import batch_sharding, make_mesh
+from jaxembed.train.hooks import (
+    CheckpointHook,
+    FiniteCheck,
+    MetricsHook,
+    PreemptionHook,
+    StepContext,
+    close_checkpointer,
+)
 from jaxembed.train.metrics_log import MetricsLog
 from jaxembed.train.nonfinite import NonFiniteGuard
 from jaxembed.train.resume import resume_latest
@@ -114,28 +119,6 @@ class TrainResult:
     params: Any = None  # the final params (sharded as in training; LoRA merged in)
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag checked at step boundaries (main thread only)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> _Preemption:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, no preemption support
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 class _Evaluator:
     """Held-out retrieval metrics of the current params (one compiled encoder, reused)."""
 
@@ -194,29 +177,27 @@ def _restore(
     return with_frozen_params(restored, restore_frozen_params(workdir, frozen)), saved, meta
 
 
-def _clean_record(record: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN: a skipped step's non-finite loss is logged as null."""
-    return {
-        k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()
-    }
-
-
-def _save_failed(checkpointer: Checkpointer, error: CheckpointSaveError) -> RunStopped:
-    """A failed save (full disk, lost storage) as one line; Orbax wrote into a temporary
-    directory, so the complete checkpoints before it are untouched."""
-    return RunStopped(
-        f"saving checkpoint step {error.step} to {checkpointer.directory} failed "
-        f"({error.cause}); the last complete checkpoint is "
-        f"{describe_last_complete(checkpointer.directory)}"
+def _initial_state(
+    config: ml_collections.ConfigDict, task: Any, mcfg: ModelConfig, optimizer: Any, shardings: Any
+) -> TrainState:
+    """The step-0 state: params from the HF checkpoint (or random), fresh LoRA adapters."""
+    rng = jax.random.PRNGKey(config.seed)
+    if config.model.init == "hf":
+        params = task.load_params(
+            config.model.hf_path, mcfg, jax.random.fold_in(rng, 2), shardings.params
+        )
+    else:
+        params = jax.jit(lambda r: task.init_params(mcfg, r), out_shardings=shardings.params)(rng)
+    adapters = None
+    if mcfg.lora is not None:
+        adapters = jax.jit(lambda r: init_adapters(mcfg, r), out_shardings=shardings.adapters)(
+            jax.random.fold_in(rng, 3)
+        )
+    init_state = jax.jit(
+        lambda params, rng, adapters: create_state(params, optimizer, rng, adapters),
+        out_shardings=shardings,
     )
-
-
-def _close_checkpointer(checkpointer: Checkpointer) -> None:
-    """Wait for the save in flight (a background save's error surfaces here)."""
-    try:
-        checkpointer.close()
-    except CheckpointSaveError as e:
-        raise _save_failed(checkpointer, e) from None
+    return init_state(params, jax.random.fold_in(rng, 1), adapters)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
@@ -243,31 +224,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         | {"seed": config.seed}
         | task.pipeline_options(config)
     )
-
     optimizer, schedule = optimizer_from_config(config)
     t = config.train
     shardings = state_shardings(mcfg, optimizer, mesh, config.model.task)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
     # Looked at before any collective restore or save, so every process decides alike.
     base_saved = has_frozen_params(workdir)
-    init_state = jax.jit(
-        lambda params, rng, adapters: create_state(params, optimizer, rng, adapters),
-        out_shardings=shardings,
-    )
-    rng = jax.random.PRNGKey(config.seed)
-    if config.model.init == "hf":
-        params = task.load_params(
-            config.model.hf_path, mcfg, jax.random.fold_in(rng, 2), shardings.params
-        )
-    else:
-        params = jax.jit(lambda r: task.init_params(mcfg, r), out_shardings=shardings.params)(rng)
-    adapters = None
-    if mcfg.lora is not None:
-        adapters = jax.jit(lambda r: init_adapters(mcfg, r), out_shardings=shardings.adapters)(
-            jax.random.fold_in(rng, 3)
-        )
-    state = init_state(params, jax.random.fold_in(rng, 1), adapters)
-    data_state, meta = None, {}
+    state = _initial_state(config, task, mcfg, optimizer, shardings)
+    data_state, meta, latest = None, {}, None
     resumed = resume_latest(
         checkpointer, workdir, lambda step: _restore(checkpointer, step, state, workdir), config
     )
@@ -275,8 +239,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         latest, (state, saved, meta) = resumed
         data_state = IteratorState.from_dict(saved) if saved else None
         log.info("resumed from step %d", latest)
-    else:
-        latest = None
     if state.adapters is not None and (latest is None or not base_saved):
         # Once per run (or when resuming a step written before the base moved out of steps).
         save_frozen_params(workdir, frozen_params(state.params))
@@ -291,99 +253,51 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     train_step = jit_train_step(
         make_train_step(mcfg, optimizer, schedule, step_settings(config)), shardings, mesh
     )
-    history: list[dict[str, float]] = []
-    preempted = False
     iterator = BatchIterator(
-        datasets,
-        tokenizer,
-        pipeline_config,
-        sharding=batch_sharding(mesh),
-        state=data_state,
-    )
-    evaluator = _Evaluator(config, mcfg, tokenizer, mesh) if t.eval_every else None
-    flops_per_token = architectures.for_config(mcfg).flops_per_token(
-        mcfg, max(config.data.query_max_length, config.data.passage_max_length)
+        datasets, tokenizer, pipeline_config, sharding=batch_sharding(mesh), state=data_state
     )
     guard = NonFiniteGuard(
         t.nonfinite, t.max_consecutive_nonfinite, mesh, skipped=int(meta.get("skipped_steps", 0))
     )
-
-    def check_finite() -> None:
-        """Halt (nothing saved) if the policy says so; every save is preceded by this."""
-        event = guard.check()
-        if event is not None:
-            _close_checkpointer(checkpointer)
-            raise RunStopped(
-                f"{event.describe()}; the run stopped and saved nothing after it; the last "
-                f"good checkpoint is {describe_last_complete(checkpointer.directory)}; lower "
-                "optimizer.learning_rate (or set train.nonfinite=skip) and restart"
-            )
-
-    def save(done: int, force: bool = False) -> None:
-        check_finite()
-        try:
-            checkpointer.save(
-                done,
-                checkpointed(state),
-                iterator.state.to_dict(),
-                meta={"skipped_steps": guard.skipped},
-                force=force,
-            )
-        except CheckpointSaveError as e:
-            raise _save_failed(checkpointer, e) from None
-
+    finite = FiniteCheck(guard, checkpointer)
     progress = progress_bar(
-        total=t.steps,
-        initial=start_step,
-        desc="train",
-        unit="step",
+        total=t.steps, initial=start_step, desc="train", unit="step",
         disable=jax.process_index() != 0,
+    )  # fmt: skip
+    evaluator = _Evaluator(config, mcfg, tokenizer, mesh) if t.eval_every else None
+    metrics = MetricsHook(
+        t.log_every,
+        finite,
+        metrics_log,
+        progress,
+        flops_per_token=architectures.for_config(mcfg).flops_per_token(
+            mcfg, max(config.data.query_max_length, config.data.passage_max_length)
+        ),
+        peak_flops=t.peak_flops,
+        evaluate=(lambda s: evaluator(merged_params(s, mcfg))) if evaluator else None,
+        eval_every=t.eval_every,
     )
+    checkpoint = CheckpointHook(t.checkpoint_every, checkpointer, finite, iterator)
+    ctx = StepContext(done=start_step, total=t.steps, state=state)
     try:
-        with iterator, _Preemption() as preemption:
-            window_start, window_tokens = time.perf_counter(), 0.0
-            for step in range(start_step, t.steps):
+        with iterator, PreemptionHook(checkpoint) as preemption:
+            hooks = (finite, metrics, preemption, checkpoint)
+            while ctx.done < t.steps and not ctx.stop:
                 batch = next(iterator)
                 batch.pop("dataset_index", None)
-                state, metrics = train_step(state, batch)
-                guard.update(metrics, step + 1)
-                # Summed on device: reading metrics every step would stall async dispatch.
-                window_tokens = window_tokens + metrics["tokens"]
-                done = step + 1
-                evaluate_now = evaluator is not None and done % t.eval_every == 0
-                if done % t.log_every == 0 or done == t.steps or evaluate_now:
-                    check_finite()
-                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    values["skipped_steps"] = guard.skipped
-                    elapsed = time.perf_counter() - window_start
-                    record = {"step": done, **values}
-                    record["tokens_per_second"] = float(window_tokens) / max(elapsed, 1e-9)
-                    if config.train.peak_flops > 0:
-                        achieved = record["tokens_per_second"] * flops_per_token
-                        record["mfu"] = achieved / (config.train.peak_flops * jax.device_count())
-                    if evaluate_now:
-                        record.update(evaluator(merged_params(state, mcfg)))
-                    record = _clean_record(record)
-                    history.append(record)
-                    metrics_log.write(record)
-                    progress.set_postfix(
-                        loss=f"{values['loss']:.4f}" if math.isfinite(values["loss"]) else "nan",
-                        tok_s=f"{record['tokens_per_second']:.0f}",
-                        refresh=False,
-                    )
-                    window_start, window_tokens = time.perf_counter(), 0.0
-                progress.update(1)
-                if preemption.requested:
-                    save(done, force=True)
-                    preempted = True
-                    log.warning("SIGTERM: saved step %d and stopping", done)
-                    break
-                if done % t.checkpoint_every == 0 or done == t.steps:
-                    save(done)
-        _close_checkpointer(checkpointer)
+                ctx.state, ctx.metrics = train_step(ctx.state, batch)
+                ctx.done += 1
+                for hook in hooks:
+                    hook(ctx)
+                    if ctx.stop:
+                        break
+        close_checkpointer(checkpointer)
     finally:
         progress.close()
         with contextlib.suppress(Exception):  # already failing: the first error is reported
             checkpointer.close()
         metrics_log.close()
-    return TrainResult(workdir, int(state.step), history, preempted, merged_params(state, mcfg))
+    final = ctx.state
+    return TrainResult(
+        workdir, int(final.step), metrics.history, ctx.preempted, merged_params(final, mcfg)
+    )
