@@ -106,8 +106,10 @@ def _st_model(minilm_dir):
     return SentenceTransformer(str(minilm_dir), device="cpu").eval()
 
 
-def test_minilm_step_matches_sentence_transformers_mnrl(minilm, minilm_dir):
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "layer-loop"])
+def test_minilm_step_matches_sentence_transformers_mnrl(minilm, minilm_dir, scan_layers):
     config, params, _ = minilm
+    config = dataclasses.replace(config, scan_layers=scan_layers)
     st_model = _st_model(minilm_dir)
     batch, columns = _bi_encoder_batch(st_model)
     loss, grad_norm, grads = gradient_step(config, params, batch, _settings())

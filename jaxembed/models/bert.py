@@ -4,8 +4,10 @@ Word + absolute position + token-type embeddings and LayerNorm, then post-LN lay
 (attention with biases, residual, LayerNorm; GELU MLP, residual, LayerNorm). Inputs carry a
 single segment, so token type 0 is added everywhere, and positions are 0..L-1 as HF counts
 them: sequences must be right-padded (the encoder's batches are). The pooler head is not
-part of the backbone. Layers are stacked with `nn.scan` and every parameter carries logical
-axis names, as in `llama.py`, so `jaxembed.sharding` places both families alike.
+part of the backbone. Layers are stacked (models/layer_stack.py: scanned, or looped on a
+CPU) and every parameter carries logical axis names, as in `llama.py`, so
+`jaxembed.sharding` places both families alike. LoRA adapters attach to the six
+projections (query, key, value, attention output, intermediate, output) as in `llama.py`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend, partitioned_init
-from jaxembed.models.llama import REMAT_POLICIES, attention_mask
-from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
+from jaxembed.models.layer_stack import REMAT_POLICIES, loop_layers, scanned_layers
+from jaxembed.models.llama import attention_mask
 from jaxembed.models.lora import LoraConfig, lora_delta
 from jaxembed.models.matmul import dense_dot_general
 
@@ -57,6 +59,9 @@ class BertConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    # True: layers under `nn.scan`; False: the same stacked params applied in a Python loop,
+    # faster on a CPU (models/layer_stack.py).
+    scan_layers: bool = True
     attention_impl: str | None = None  # None: softmax_attention; else a dot_product_attention one
     lora: LoraConfig | None = None  # adapters on the projections it targets (models/lora.py)
 
@@ -208,17 +213,7 @@ class BertModel(nn.Module):
         self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"))
         self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"))
         self.embeddings_norm = LayerNorm(cfg.layer_norm_eps, dtype, pdtype)
-        layer = EncoderLayer
-        if cfg.remat_policy != "none":
-            layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
-        self.layers = nn.scan(
-            layer,
-            variable_axes={"params": 0, LORA_COLLECTION: 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg)
+        self.layers = scanned_layers(EncoderLayer, cfg, num_broadcast=2)
 
     def __call__(
         self,
@@ -250,7 +245,10 @@ class BertModel(nn.Module):
         )
         x = self.embeddings_norm(x)
         mask = attention_mask(padding_mask, causal=causal, sliding_window=None)
-        x, _ = self.layers(x, mask, row_ids)
+        if cfg.scan_layers or self.is_initializing():
+            x, _ = self.layers(x, mask, row_ids)
+        else:
+            x = loop_layers(self, EncoderLayer, x, mask, row_ids)
         return x
 
     def init_all(self, ids: jax.Array) -> jax.Array:

@@ -64,9 +64,8 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
         param_dtype=m.param_dtype,
         remat_policy=m.remat_policy,
         lora=lora_config(config, arch),
+        scan_layers=m.scan_layers,
     )
-    if arch is architectures.LLAMA:
-        overrides["scan_layers"] = m.scan_layers
     if m.init == "hf":
         source = str(Path(m.hf_path) / "config.json")
         model = arch.config_from_hf(hf.read_hf_config(m.hf_path), source, **overrides)

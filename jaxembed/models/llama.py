@@ -17,18 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend, partitioned_init
-from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
+from jaxembed.models.layer_stack import REMAT_POLICIES, loop_layers, scanned_layers
 from jaxembed.models.lora import LoraConfig, lora_delta
 from jaxembed.models.matmul import dense_dot_general
 from jaxembed.models.rope import rope_inverse_frequencies
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,39 +250,6 @@ def positions_from_mask(padding_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
 
 
-@jax.custom_vjp
-def unstack(stacked: jax.Array) -> list[jax.Array]:
-    """`list(stacked)` along the leading (layers) axis, with the gradient assembled by one
-    `stack`: autodiff of L slices would add L zero-padded copies of the whole stack."""
-    return list(stacked)
-
-
-def _unstack_forward(stacked: jax.Array) -> tuple[list[jax.Array], None]:
-    return list(stacked), None
-
-
-def _unstack_backward(_: None, grads: list[jax.Array]) -> tuple[jax.Array]:
-    return (jnp.stack(grads),)
-
-
-unstack.defvjp(_unstack_forward, _unstack_backward)
-
-
-def _is_list(x: Any) -> bool:
-    return isinstance(x, list)
-
-
-class _NamedLayer(nn.Module):
-    """One decoder layer under the scope name "layers", so module paths (and LoRA targets
-    matched against them) read the same as under `nn.scan`."""
-
-    config: LlamaConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *args: Any) -> jax.Array:
-        return DecoderLayer(self.config, name="layers")(x, *args)[0]
-
-
 class LlamaModel(nn.Module):
     """Token ids → final-norm hidden states [B, T, hidden]; `logits` adds the LM head."""
 
@@ -306,18 +265,7 @@ class LlamaModel(nn.Module):
             param_dtype=pdtype,
             embedding_init=partitioned_init(("vocab", "embed")),
         )
-        layer = DecoderLayer
-        policy = REMAT_POLICIES[cfg.remat_policy]
-        if cfg.remat_policy != "none":
-            layer = nn.remat(layer, policy=policy, prevent_cse=False)
-        self.layers = nn.scan(
-            layer,
-            variable_axes={"params": 0, LORA_COLLECTION: 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg)
+        self.layers = scanned_layers(DecoderLayer, cfg, num_broadcast=4)
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype, pdtype)
         if cfg.with_lm_head and not cfg.tie_word_embeddings:
             self.lm_head = nn.Dense(
@@ -361,41 +309,8 @@ class LlamaModel(nn.Module):
         if cfg.scan_layers or self.is_initializing():
             x, _ = self.layers(x, mask, cos, sin, row_ids)
         else:
-            x = self._layer_loop(x, mask, cos, sin, row_ids)
+            x = loop_layers(self, DecoderLayer, x, mask, cos, sin, row_ids)
         return self.norm(x)
-
-    def _layer_loop(
-        self,
-        x: jax.Array,
-        mask: jax.Array,
-        cos: jax.Array,
-        sin: jax.Array,
-        row_ids: jax.Array | None,
-    ) -> jax.Array:
-        """The scanned layers' stacked variables, applied layer by layer in a Python loop."""
-        cfg = self.config
-        stacked = {
-            name: tree["layers"] for name, tree in self.variables.items() if "layers" in tree
-        }
-        dropout = self.make_rng("dropout") if self.has_rng("dropout") else None
-
-        def layer(variables: Any, x: jax.Array, rngs: dict[str, jax.Array]) -> jax.Array:
-            return _NamedLayer(cfg, parent=None).apply(
-                variables, x, mask, cos, sin, row_ids, rngs=rngs
-            )
-
-        if cfg.remat_policy != "none":
-            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy])
-        per_layer = jax.tree.map(unstack, stacked)
-        for i in range(cfg.num_layers):
-            variables = {
-                name: {"layers": jax.tree.map(lambda a, i=i: a[i], tree, is_leaf=_is_list)}
-                for name, tree in per_layer.items()
-            }
-            # One key per layer, as nn.scan splits them (the masks themselves differ).
-            rngs = {} if dropout is None else {"dropout": jax.random.fold_in(dropout, i)}
-            x = layer(variables, x, rngs)
-        return x
 
     def init_all(self, ids: jax.Array) -> jax.Array:
         """Init entry point touching every submodule, the LM head included."""

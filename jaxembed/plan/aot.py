@@ -44,19 +44,12 @@ def planning_model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     Always with scanned layers: the cost model's loop correction (cost.py) counts the layer
     scan's body, and a pod compiles scanned layers anyway."""
     if config.model.init == "hf" and config.model.hf_path:
-        return _scanned(model_config(config))
+        return dataclasses.replace(model_config(config), scan_layers=True)
     as_random = copy.deepcopy(config)
     as_random.model.init = "random"
-    model = _scanned(model_config(as_random))
+    model = dataclasses.replace(model_config(as_random), scan_layers=True)
     # Pruning happens at import; without the checkpoint, the config's depth is the unpruned one.
     return pruned_config(model, config.model.prune_layers)
-
-
-def _scanned(model: ModelConfig) -> ModelConfig:
-    """BERT always scans its layers; the Llama family chooses (`scan_layers`)."""
-    if any(f.name == "scan_layers" for f in dataclasses.fields(model)):
-        return dataclasses.replace(model, scan_layers=True)
-    return model
 
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh: Any) -> dict[str, Any]:
