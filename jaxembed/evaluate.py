@@ -167,3 +167,93 @@ def score_run(qrels: Qrels, run: Run, ks: Iterable[int] = DEFAULT_KS) -> dict[st
     """Metrics of an existing run, plus how many judged queries it left out."""
     missing = missing_queries(qrels, run)
     return {"scores": evaluate_run(qrels, run, ks), "missing_queries": missing}
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What `jaxembed eval` reports: MTEB-shaped result, its scores, and for a run file the
+    judged queries it left out."""
+
+    result: dict[str, Any]
+    scores: dict[str, float]
+    missing_queries: list[str] = dataclasses.field(default_factory=list)
+
+
+def evaluate_model(
+    model: str | Path,
+    data_dir: str | Path,
+    split: str,
+    *,
+    ks: Iterable[int],
+    depth: int,
+    run_output: str | Path,
+    instruction: str | None = None,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    dtype: str | None = None,
+    mesh: Any = None,
+    save_embeddings_to: str | Path | None = None,
+    show_progress: bool = True,
+) -> Evaluation:
+    """A model directory on a BEIR split: encode, search to `depth`, score; the TREC run is
+    written to `run_output` (and the embeddings to `save_embeddings_to`, if given)."""
+    import time
+
+    from jaxembed.data.trec_run import write_trec_run
+    from jaxembed.models.encoder import Encoder
+
+    started = time.perf_counter()
+    ks = tuple(sorted(set(ks)))
+    data = load_eval_split(data_dir, split)
+    encoder = Encoder.from_pretrained(model, mesh=mesh, dtype=dtype)
+    embeddings = encode_split(
+        encoder,
+        data,
+        instruction,
+        all_queries=save_embeddings_to is not None,
+        batch_size=batch_size,
+        max_length=max_length,
+        show_progress=show_progress,
+    )
+    judged = [q for q in data.queries if q in data.qrels]
+    run = search_run(embeddings, judged, depth=depth)
+    if save_embeddings_to is not None:
+        save_embeddings(save_embeddings_to, embeddings)
+    scores = evaluate_run(data.qrels, run, ks)
+    write_trec_run(run_output, run)
+    extra = {
+        "model": str(model),
+        "data": str(data_dir),
+        "instruction": instruction,
+        "max_length": max_length or encoder.max_length,
+        "run": str(run_output),
+    }
+    result = mteb_result(
+        scores,
+        task_name=Path(data_dir).resolve().name,
+        split=split,
+        evaluation_time=time.perf_counter() - started,
+        extra=extra,
+    )
+    return Evaluation(result, scores)
+
+
+def evaluate_run_file(
+    run_path: str | Path, qrels_path: str | Path, split: str, ks: Iterable[int]
+) -> Evaluation:
+    """An existing TREC run against a qrels file."""
+    import time
+
+    from jaxembed.data.formats import read_beir_qrels
+    from jaxembed.data.trec_run import read_trec_run
+
+    started = time.perf_counter()
+    scored = score_run(read_beir_qrels(qrels_path), read_trec_run(run_path), tuple(sorted(set(ks))))
+    result = mteb_result(
+        scored["scores"],
+        task_name=Path(qrels_path).stem,
+        split=split,
+        evaluation_time=time.perf_counter() - started,
+        extra={"run": str(run_path), "qrels": str(qrels_path)},
+    )
+    return Evaluation(result, scored["scores"], list(scored["missing_queries"]))

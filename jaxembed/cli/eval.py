@@ -59,67 +59,42 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def run(args: argparse.Namespace) -> None:
     import json
-    import time
 
     from jaxembed import evaluate
-    from jaxembed.data.formats import read_beir_qrels
-    from jaxembed.data.trec_run import read_trec_run, write_trec_run
     from jaxembed.io_utils import atomic_file, check_output_directories
-    from jaxembed.metrics import evaluate_run
 
-    started = time.perf_counter()
-    ks = tuple(sorted(set(args.k)))
     run_path = args.run_output or str(Path(args.output).with_suffix(".trec"))
     check_output_directories(args.output, *([] if args.run else [run_path]))
     if args.run:
-        run, qrels = read_trec_run(args.run), read_beir_qrels(args.qrels)
-        scored = evaluate.score_run(qrels, run, ks)
-        scores, missing = scored["scores"], scored["missing_queries"]
+        outcome = evaluate.evaluate_run_file(args.run, args.qrels, args.split, args.k)
+        missing = outcome.missing_queries
         if missing:
             print(
                 f"warning: the run answers no documents for {len(missing)} judged queries "
                 f"(e.g. {missing[0]!r}); they are not averaged, as in trec_eval",
                 file=sys.stderr,
             )
-        task, extra = Path(args.qrels).stem, {"run": args.run, "qrels": args.qrels}
     else:
-        from jaxembed.models.encoder import Encoder
         from jaxembed.sharding import make_mesh
 
-        data = evaluate.load_eval_split(args.data, args.split)
-        encoder = Encoder.from_pretrained(args.model, mesh=make_mesh(args.mesh), dtype=args.dtype)
-        embeddings = evaluate.encode_split(
-            encoder,
-            data,
-            args.instruction,
-            all_queries=args.save_embeddings is not None,
+        outcome = evaluate.evaluate_model(
+            args.model,
+            args.data,
+            args.split,
+            ks=args.k,
+            depth=args.depth,
+            run_output=run_path,
+            instruction=args.instruction,
             batch_size=args.batch_size,
             max_length=args.max_length,
+            dtype=args.dtype,
+            mesh=make_mesh(args.mesh),
+            save_embeddings_to=args.save_embeddings,
             show_progress=not args.quiet,
         )
-        judged = [q for q in data.queries if q in data.qrels]
-        run = evaluate.search_run(embeddings, judged, depth=args.depth)
-        if args.save_embeddings:
-            evaluate.save_embeddings(args.save_embeddings, embeddings)
-        scores = evaluate_run(data.qrels, run, ks)
-        write_trec_run(run_path, run)
-        task = Path(args.data).resolve().name
-        extra = {
-            "model": args.model,
-            "data": args.data,
-            "instruction": args.instruction,
-            "max_length": args.max_length or encoder.max_length,
-            "run": run_path,
-        }
-    result = evaluate.mteb_result(
-        scores,
-        task_name=task,
-        split=args.split,
-        evaluation_time=time.perf_counter() - started,
-        extra=extra,
-    )
     with atomic_file(args.output) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    shown = [f"{m}@{k}" for m in ("ndcg", "recall") for k in (10, 100) if k in ks]
+        tmp.write_text(json.dumps(outcome.result, indent=2) + "\n", encoding="utf-8")
+    scores = outcome.scores
+    shown = [f"{m}@{k}" for m in ("ndcg", "recall") for k in (10, 100) if k in set(args.k)]
     print("  ".join(f"{name} {scores[name.replace('@', '_at_')]:.5f}" for name in shown))
-    print(f"wrote {args.output}" + ("" if args.run else f" and the run {extra['run']}"))
+    print(f"wrote {args.output}" + ("" if args.run else f" and the run {run_path}"))
