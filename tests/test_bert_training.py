@@ -274,3 +274,28 @@ def test_minilm_cli_run_exports_a_sentence_transformer_and_imports_back_exactly(
     assert len(flat_imported) == len(jax.tree.leaves(trained))
     for path, value in flat_imported:
         np.testing.assert_array_equal(np.asarray(value), lookup(trained, [p.key for p in path]))
+
+    # The run's workdir mines as a teacher exactly as its export does.
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    docs = POSITIVES + NEGATIVES
+    (beir / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(docs))
+    )
+    (beir / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(QUERIES))
+    )
+    (beir / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(4))
+    )
+    mined = {}
+    for name, teacher in (("workdir", workdir), ("export", out)):
+        target = tmp_path / f"mined_{name}.jsonl"
+        args = ["mine", "--corpus", str(beir / "corpus.jsonl"), "--quiet"]
+        args += ["--queries", str(beir / "queries.jsonl"), "--qrels", str(beir / "qrels/train.tsv")]
+        args += ["--teacher", str(teacher), "--method", "naive", "--num-negatives", "3"]
+        args += ["--max-length", "48", "--output", str(target)]
+        assert main(args) == 0
+        mined[name] = [json.loads(line) for line in target.read_text().splitlines()]
+    assert mined["workdir"] == mined["export"]
+    assert all(len(r["negatives"]) == 3 for r in mined["export"])
