@@ -200,19 +200,17 @@ def main() -> None:
     jax_workdir, jax_model = root / "jaxembed_run", root / "jaxembed_model"
     for path in (jax_workdir, jax_model):
         subprocess.run(["rm", "-rf", str(path)], check=True)
+    # configs/sentence_transformers.py is the recipe (MNRL's loss, lr, no weight decay).
     overrides = {
-        "model.init": "hf",
         "model.hf_path": str(base),
-        "loss.variant": "in_batch",
-        "loss.temperature": 1 / scale,
         "data.train_files": str(train_file),
+        "loss.temperature": 1 / scale,
         "data.num_negatives": negatives,
         "data.global_batch_size": batch,
         "data.query_max_length": 64,
         "data.passage_max_length": args.max_length,
         "optimizer.learning_rate": lr,
         "optimizer.warmup_steps": round(warmup * steps),
-        "optimizer.weight_decay": 0.0,
         "train.steps": steps,
         "train.log_every": 10,
         "train.checkpoint_every": steps,
@@ -221,7 +219,7 @@ def main() -> None:
     }
     start = time.perf_counter()
     run.jaxembed(
-        "train jaxembed", "train", "--config", str(REPO / "configs/tiny.py"),
+        "train jaxembed", "train", "--config", str(REPO / "configs/sentence_transformers.py"),
         "--workdir", str(jax_workdir), *[f"--config.{k}={v}" for k, v in overrides.items()],
     )  # fmt: skip
     run.jaxembed("export jaxembed", "export", "--workdir", str(jax_workdir),

@@ -237,12 +237,11 @@ def test_minilm_cli_run_exports_a_sentence_transformer_and_imports_back_exactly(
     data = tmp_path / "train.jsonl"
     _write_training_data(data)
     workdir, out = tmp_path / "run", tmp_path / "export"
-    common = ["--config", "configs/tiny.py", "--workdir", str(workdir)]
+    common = ["--config", "configs/sentence_transformers.py", "--workdir", str(workdir)]
     overrides = [
-        "model.init=hf",
         f"model.hf_path={minilm_dir}",
         f"data.train_files={data}",
-        "data.global_batch_size=8",
+        "data.global_batch_size=8",  # one row per test device
         "data.query_max_length=32",
         "data.passage_max_length=48",
         "optimizer.learning_rate=1e-4",
