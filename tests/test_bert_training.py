@@ -298,3 +298,15 @@ def test_minilm_cli_run_exports_a_sentence_transformer_and_imports_back_exactly(
         mined[name] = [json.loads(line) for line in target.read_text().splitlines()]
     assert mined["workdir"] == mined["export"]
     assert all(len(r["negatives"]) == 3 for r in mined["export"])
+
+    # A uniform merge of the base and the export is their mean, tensor by tensor.
+    from safetensors.numpy import load_file
+
+    merged = tmp_path / "merged"
+    assert main(["merge", "--inputs", str(minilm_dir), str(out), "--output", str(merged)]) == 0
+    base, tuned = load_file(minilm_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    averaged = load_file(merged / "model.safetensors")
+    assert averaged.keys() == tuned.keys()
+    for name, value in averaged.items():
+        np.testing.assert_allclose(value, (base[name] + tuned[name]) / 2, rtol=0, atol=1e-7)
+    assert SentenceTransformer(str(merged), device="cpu").encode(texts).shape == st.shape
