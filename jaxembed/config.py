@@ -4,6 +4,13 @@ and validation before anything is compiled.
 A config file defines `get_config(arg=None) -> ConfigDict`; `path.py:arg` passes `arg`
 (e.g. `configs/llama_embed_nemotron_8b.py:stage2`). Overrides are `key.path=value` strings,
 as `--config.key.path=value` on the command line, typed by the value they replace.
+
+Why not `ml_collections.config_flags`: it registers `--config` and every `--config.a.b` on
+absl's process-wide FLAGS, parsed once by `app.run`. jaxembed's CLI is argparse
+subcommands (train, export, merge and plan take a config; the rest do not), `main(argv)` is
+called many times in one process by the tests and by `jaxembed.demo`, and a bad key or value
+must be one line naming it (exit 2), where absl raises its own errors. The file format and
+the override syntax are config_flags' own, so configs work with either.
 """
 
 from __future__ import annotations

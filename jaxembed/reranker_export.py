@@ -16,7 +16,7 @@ say how to join a query and a passage; `jaxembed rerank` reads it back.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from jaxembed import hf
 from jaxembed.errors import UserInputError
 from jaxembed.hf_directory import (
     EXPORT_DTYPES,
+    HFTensor,
+    RunMetadata,
     copy_modeling_file,
     hf_config_dict,
     hf_tensors,
@@ -36,9 +38,8 @@ from jaxembed.hf_directory import (
 from jaxembed.io_utils import atomic_directory
 from jaxembed.models.architectures import ModelConfig, for_config
 from jaxembed.models.encoder import PoolingSettings
-from jaxembed.models.lora import merge_adapters
 from jaxembed.models.reranker import HEAD_BIAS, HEAD_WEIGHT
-from jaxembed.run_steps import lookup, open_run_step, restore_numpy
+from jaxembed.run_steps import OrbaxSource, lookup, open_run_step
 from jaxembed.safetensors_io import TensorSpec, write_safetensors
 
 BACKBONE_PREFIX = "model."
@@ -122,6 +123,25 @@ def write_reranker_directory(
     config: ModelConfig,
     params: Any,
     tokenizer_dir: str | Path,
+    **options: Any,
+) -> Path:
+    """Write reranker `params` (numpy or JAX arrays, our layout) as an HF directory."""
+
+    def backbone_tensor(t: HFTensor) -> np.ndarray:
+        leaf = np.asarray(lookup(params["backbone"], t.wmap.path))
+        ours = leaf if t.layer is None else leaf[t.layer]
+        return to_hf_layout(t.wmap, ours, ours.dtype)
+
+    head = (np.asarray(params["score"]["kernel"]), np.asarray(params["score"]["bias"]))
+    return _write(output, config, backbone_tensor, lambda: head, tokenizer_dir, **options)
+
+
+def _write(
+    output: str | Path,
+    config: ModelConfig,
+    backbone_tensor: Callable[[HFTensor], np.ndarray],
+    head: Callable[[], tuple[np.ndarray, np.ndarray]],
+    tokenizer_dir: str | Path,
     *,
     template: str,
     max_length: int,
@@ -131,7 +151,8 @@ def write_reranker_directory(
     origin: str = "",
     run_config: ml_collections.ConfigDict | None = None,
 ) -> Path:
-    """Write reranker `params` (numpy or JAX arrays, our layout) as an HF directory."""
+    """The backbone's tensors one at a time from `backbone_tensor` (HF layout), then the
+    head's kernel [hidden, 1] and bias [1], streamed into the safetensors files."""
     if dtype not in EXPORT_DTYPES:
         raise UserInputError(f"--dtype {dtype!r}: expected one of {', '.join(EXPORT_DTYPES)}")
     np_dtype = EXPORT_DTYPES[dtype]
@@ -144,11 +165,10 @@ def write_reranker_directory(
 
     def arrays() -> Iterator[np.ndarray]:
         for t in tensors:
-            leaf = np.asarray(lookup(params["backbone"], t.wmap.path))
-            ours = leaf if t.layer is None else leaf[t.layer]
-            yield to_hf_layout(t.wmap, ours, np_dtype)
-        yield np.asarray(params["score"]["kernel"]).T.astype(np_dtype)
-        yield np.asarray(params["score"]["bias"]).astype(np_dtype)
+            yield np.asarray(backbone_tensor(t)).astype(np_dtype, copy=False)
+        kernel, bias = head()
+        yield kernel.T.astype(np_dtype)
+        yield bias.astype(np_dtype)
 
     output = Path(output)
     with atomic_directory(output, overwrite=overwrite) as tmp:
@@ -166,17 +186,6 @@ def write_reranker_directory(
         (tmp / "README.md").write_text(_model_card(template, dtype, origin, run_config))
         write_safetensors(tmp, specs, arrays(), desc="export")
     return output
-
-
-def restore_params(step_dir: Path, run_config: Any) -> Any:
-    """Every param of an Orbax training step, as numpy arrays, LoRA adapters merged into
-    the backbone (the whole model in host memory: ~16 GiB in f32 for the 4B reranker)."""
-    restored, scale = restore_numpy(step_dir, run_config, with_params=True)
-    params = restored["params"]
-    if "adapters" in restored:
-        backbone = merge_adapters(params["backbone"], restored["adapters"], scale)
-        params = {**params, "backbone": backbone}
-    return params
 
 
 def export_reranker_run(
@@ -199,18 +208,26 @@ def export_reranker_run(
     m, d = run_config.model, run_config.data
     if m.task != "reranker":
         raise UserInputError(f"{workdir}: not a reranker run (model.task={m.task!r})")
-    config = model_config(run_config)
-    params = restore_params(step_dir, run_config)
-    return write_reranker_directory(
-        output,
-        config,
-        params,
-        m.hf_path if m.init == "hf" else d.tokenizer,
-        template=d.pair_template,
-        max_length=d.passage_max_length,
-        base_hf_config=hf.read_hf_config(m.hf_path) if m.init == "hf" else {},
-        dtype=dtype,
-        overwrite=overwrite,
-        origin=f"step {chosen} of {workdir.name}",
-        run_config=run_config,
-    )
+    # The backbone streams tensor by tensor (LoRA merged kernel by kernel), as the embedding
+    # export does; the config is the run's, pruned as it trained.
+    meta = RunMetadata.from_run_config(run_config)
+    meta.config = model_config(run_config)
+    source = OrbaxSource(step_dir, meta, backbone=("backbone",))
+    try:
+        source.check()
+        return _write(
+            output,
+            meta.config,
+            source.read,
+            lambda: (source.param(("score", "kernel")), source.param(("score", "bias"))),
+            m.hf_path if m.init == "hf" else d.tokenizer,
+            template=d.pair_template,
+            max_length=d.passage_max_length,
+            base_hf_config=hf.read_hf_config(m.hf_path) if m.init == "hf" else {},
+            dtype=dtype,
+            overwrite=overwrite,
+            origin=f"step {chosen} of {workdir.name}",
+            run_config=run_config,
+        )
+    finally:
+        source.close()

@@ -119,11 +119,21 @@ class _NoStepMetadataWarning(logging.Filter):
 
 
 class OrbaxSource:
-    """Params of one training step, restored leaf by leaf (our stacked layout) as numpy."""
+    """Params of one training step, restored leaf by leaf (our stacked layout) as numpy.
 
-    def __init__(self, step_dir: Path, metadata: RunMetadata, label: str | None = None) -> None:
+    `backbone` is where the backbone sits in the params tree: () for an embedder,
+    ("backbone",) for a reranker, whose LoRA adapters mirror the backbone alone."""
+
+    def __init__(
+        self,
+        step_dir: Path,
+        metadata: RunMetadata,
+        label: str | None = None,
+        backbone: tuple[str, ...] = (),
+    ) -> None:
         import orbax.checkpoint as ocp
 
+        self.backbone = backbone
         self.step_dir = Path(step_dir)
         self.label = label or str(step_dir)
         self.meta = metadata
@@ -154,7 +164,7 @@ class OrbaxSource:
 
     def check(self) -> None:
         for wmap in hf.weight_maps(canonical(self.config)):
-            leaf = self._leaf_metadata(wmap.path)
+            leaf = self._leaf_metadata(self.backbone + wmap.path)
             want = our_shape(wmap, self.config.num_layers)
             name = ".".join(wmap.path)
             if leaf is None:
@@ -167,7 +177,7 @@ class OrbaxSource:
 
     def dtype(self) -> np.dtype:
         first = hf.weight_maps(canonical(self.config))[0]
-        return np.dtype(self._leaf_metadata(first.path).dtype)
+        return np.dtype(self._leaf_metadata(self.backbone + first.path).dtype)
 
     def _restore(self, path: tuple[str, ...], root: str = "params") -> np.ndarray:
         import orbax.checkpoint as ocp
@@ -193,11 +203,15 @@ class OrbaxSource:
                 ) from None
         return value
 
+    def param(self, path: tuple[str, ...]) -> np.ndarray:
+        """A param outside the backbone (e.g. a reranker's head), as stored."""
+        return self._restore(path)
+
     def _leaf(self, path: tuple[str, ...]) -> np.ndarray:
-        """One param leaf, with its LoRA update merged in when the run trained adapters."""
+        """One backbone leaf, with its LoRA update merged in when the run trained adapters."""
         if self._cached is None or self._cached[0] != path:
             self._cached = None  # drop the previous leaf before reading the next
-            leaf = self._restore(path)
+            leaf = self._restore(self.backbone + path)
             if self._adapters is not None and path[-1] == "kernel":
                 leaf = self._merge_adapter(path, leaf)
             self._cached = (path, leaf)
