@@ -48,6 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
         dtype="float32",
         param_dtype="float32",
         remat_policy="none",
+        # "" (jaxembed's softmax attention), "xla" or "cudnn" (jax.nn.dot_product_attention)
+        attention_impl="",
         # False: the layers run in a Python loop, faster to train on a CPU; True: under
         # nn.scan, compile time independent of depth (what the big recipes use).
         scan_layers=False,

@@ -97,3 +97,26 @@ def test_config_file_errors(tmp_path):
     )
     with pytest.raises(UserInputError, match="unknown config key 'model.hidden'"):
         load_config(str(bad))
+
+
+def test_attention_impl_is_settable_and_checked():
+    from jaxembed.models.build import model_config
+    from jaxembed.train.validate import validate_model
+
+    config = default_config()
+    assert model_config(config).attention_impl is None  # jaxembed's softmax attention
+    apply_overrides(config, ["model.attention_impl=xla"])
+    assert model_config(config).attention_impl == "xla"
+    apply_overrides(config, ["model.attention_impl=flash"])
+    with pytest.raises(UserInputError, match="model.attention_impl='flash': expected one of"):
+        validate_model(config)
+
+
+def test_sentence_transformers_config_is_mnrl():
+    """configs/sentence_transformers.py: MultipleNegativesRankingLoss's defaults (scale 20)
+    and the HF Trainer's (lr 2e-5 in ST's examples, no weight decay, clipping at 1)."""
+    c = load_config(str(Path(__file__).parents[1] / "configs" / "sentence_transformers.py"))
+    assert (c.model.init, c.model.pooling, c.loss.variant) == ("hf", "auto", "in_batch")
+    assert c.loss.temperature == 1 / 20
+    assert (c.optimizer.learning_rate, c.optimizer.weight_decay) == (2e-5, 0.0)
+    assert c.optimizer.max_grad_norm == 1.0

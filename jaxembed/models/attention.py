@@ -22,6 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# `model.attention_impl`: "" is jaxembed's softmax attention (hand-written backward, the
+# fastest here on CPU); "xla" and "cudnn" are `jax.nn.dot_product_attention`'s own.
+ATTENTION_IMPLS = ("", "xla", "cudnn")
+
 
 def partitioned_init(axes: tuple[str | None, ...], base: Any = None) -> nn.initializers.Initializer:
     """`base` (default normal(0.02), as HF initializes) with logical axis names attached."""

@@ -65,6 +65,7 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
         remat_policy=m.remat_policy,
         lora=lora_config(config, arch),
         scan_layers=m.scan_layers,
+        attention_impl=m.attention_impl or None,
     )
     if m.init == "hf":
         source = str(Path(m.hf_path) / "config.json")

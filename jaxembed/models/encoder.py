@@ -23,7 +23,6 @@ from jaxembed.data.batching import pad, tokenize
 from jaxembed.errors import UserInputError
 from jaxembed.models import architectures
 from jaxembed.models.architectures import ModelConfig
-from jaxembed.models.bert import BertConfig
 from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
 from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool
 from jaxembed.progress import progress_bar
@@ -292,11 +291,11 @@ class Encoder:
             raise UserInputError(
                 f"batch_size={batch_size} and max_length={max_length} must be >= 1"
             )
-        if isinstance(self.config, BertConfig) and max_length > self.config.max_position_embeddings:
-            # BERT has a learned position table; past it there is no position to embed.
+        limit = architectures.for_config(self.config).max_length(self.config)
+        if limit is not None and max_length > limit:
+            # A learned position table (BERT): past it there is no position to embed.
             raise UserInputError(
-                f"max_length={max_length} exceeds the model's max_position_embeddings "
-                f"({self.config.max_position_embeddings})"
+                f"max_length={max_length} exceeds the model's max_position_embeddings ({limit})"
             )
         if self.mesh is not None:
             # Every device must get whole rows: round the batch up to the data-parallel size.

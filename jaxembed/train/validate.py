@@ -13,6 +13,7 @@ import ml_collections
 from jaxembed import hf, tasks
 from jaxembed.errors import UserInputError
 from jaxembed.losses import CONTRASTIVE_VARIANTS
+from jaxembed.models.attention import ATTENTION_IMPLS
 from jaxembed.models.build import check_lengths, lora_config, model_config
 from jaxembed.models.pooling import POOLING_MODES
 from jaxembed.sharding import resolve_mesh_shape
@@ -52,6 +53,10 @@ def validate_model(config: ml_collections.ConfigDict, *, weights_needed: bool = 
         raise UserInputError("model.prune_layers needs model.init='hf' (set num_layers instead)")
     if m.pooling not in POOLING_SETTINGS:
         raise UserInputError(f"model.pooling={m.pooling!r}: expected one of {POOLING_SETTINGS}")
+    if m.attention_impl not in ATTENTION_IMPLS:
+        raise UserInputError(
+            f"model.attention_impl={m.attention_impl!r}: expected one of {ATTENTION_IMPLS}"
+        )
     if loss.variant not in CONTRASTIVE_VARIANTS:
         raise UserInputError(
             f"loss.variant={loss.variant!r}: expected one of {CONTRASTIVE_VARIANTS}"
