@@ -126,3 +126,17 @@ def gradient_step(config, params, batch, settings, adapters=None):
     state = create_state(params, optimizer, jax.random.key(0), adapters)
     new_state, metrics = step(state, batch)
     return float(metrics["loss"]), float(metrics["grad_norm"]), new_state.opt_state
+
+
+def backbone_gradients(config, grads, named_parameters) -> tuple[dict, dict]:
+    """jaxembed's gradient and PyTorch's of every backbone tensor, both in our layout, by HF
+    tensor name (`named_parameters`: the torch backbone's, after `backward()`)."""
+    from jaxembed.hf_directory import hf_tensors
+    from jaxembed.run_steps import lookup
+
+    ours, ref = {}, {}
+    for tensor in hf_tensors(config):
+        g = np.asarray(lookup(grads, tensor.wmap.path))
+        ours[tensor.name] = g if tensor.layer is None else g[tensor.layer]
+        ref[tensor.name] = tensor.wmap.to_ours(named_parameters[tensor.name].grad.numpy())
+    return ours, ref

@@ -17,7 +17,6 @@ import torch
 
 from jaxembed import hf
 from jaxembed.cli import main
-from jaxembed.hf_directory import hf_tensors
 from jaxembed.models import architectures
 from jaxembed.models.architectures import init_adapters
 from jaxembed.models.lora import LoraConfig
@@ -26,7 +25,12 @@ from jaxembed.peft_export import peft_tensors
 from jaxembed.run_steps import lookup
 from jaxembed.train.step import StepSettings
 
-from hf_reference import assert_step_matches, gradient_step, jaxembed_encode
+from hf_reference import (
+    assert_step_matches,
+    backbone_gradients,
+    gradient_step,
+    jaxembed_encode,
+)
 
 QUERIES = [
     "what protein regulates the cell cycle checkpoint?",
@@ -115,11 +119,7 @@ def test_minilm_step_matches_sentence_transformers_mnrl(minilm, minilm_dir, scan
     loss, grad_norm, grads = gradient_step(config, params, batch, _settings())
     ref_loss = _mnrl_step(st_model, columns)
     named = dict(st_model[0].auto_model.named_parameters())
-    ours, ref = {}, {}
-    for tensor in hf_tensors(config):
-        g = np.asarray(lookup(grads, tensor.wmap.path))
-        ours[tensor.name] = g if tensor.layer is None else g[tensor.layer]
-        ref[tensor.name] = tensor.wmap.to_ours(named[tensor.name].grad.numpy())
+    ours, ref = backbone_gradients(config, grads, named)
     assert_step_matches(loss, grad_norm, ours, ref_loss, ref)
 
 
@@ -203,11 +203,7 @@ def test_minilm_cross_encoder_listwise_step_matches_pytorch(minilm, minilm_dir):
     ref_loss.backward()
 
     named = dict(model.named_parameters())
-    ours, ref = {}, {}
-    for tensor in hf_tensors(config):
-        g = np.asarray(lookup(grads["backbone"], tensor.wmap.path))
-        ours[tensor.name] = g if tensor.layer is None else g[tensor.layer]
-        ref[tensor.name] = tensor.wmap.to_ours(named[tensor.name].grad.numpy())
+    ours, ref = backbone_gradients(config, grads["backbone"], named)
     ours["score.kernel"] = np.asarray(grads["score"]["kernel"])
     ref["score.kernel"] = linear.weight.grad.numpy().T
     ours["score.bias"] = np.asarray(grads["score"]["bias"])

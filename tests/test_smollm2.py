@@ -18,18 +18,17 @@ import torch
 
 from jaxembed import hf
 from jaxembed.cli import main
-from jaxembed.hf_directory import hf_tensors
 from jaxembed.models import architectures
 from jaxembed.models.architectures import init_adapters
 from jaxembed.models.generate import greedy_generate
 from jaxembed.models.llama import LlamaModel
 from jaxembed.models.lora import ALL_PROJECTIONS, LoraConfig
 from jaxembed.peft_export import peft_tensors
-from jaxembed.run_steps import lookup
 from jaxembed.train.step import StepSettings
 
 from hf_reference import (
     assert_step_matches,
+    backbone_gradients,
     bidirectional_mask,
     gradient_step,
     hf_hidden,
@@ -204,11 +203,7 @@ def test_full_fine_tune_step_matches_pytorch(smollm2, smollm2_dir):
     model = AutoModel.from_pretrained(smollm2_dir, dtype=torch.float32).train()
     ref_loss = _torch_step(model, batch)
     named = dict(model.named_parameters())
-    ours, ref = {}, {}
-    for tensor in hf_tensors(config):
-        g = np.asarray(lookup(grads, tensor.wmap.path))
-        ours[tensor.name] = g if tensor.layer is None else g[tensor.layer]
-        ref[tensor.name] = tensor.wmap.to_ours(named[tensor.name].grad.numpy())
+    ours, ref = backbone_gradients(config, grads, named)
     assert_step_matches(loss, grad_norm, ours, ref_loss, ref)
 
 

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxembed.errors import UserInputError
 from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
 
 
@@ -37,6 +38,20 @@ def same(w: np.ndarray) -> np.ndarray:
 
 def transpose(w: np.ndarray) -> np.ndarray:
     return w.T
+
+
+def hf_dimensions(hf: dict[str, Any], source: str) -> dict[str, int]:
+    """The sizes every family's HF config names alike; a missing one names its key."""
+    try:
+        return dict(
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=int(hf["hidden_size"]),
+            intermediate_size=int(hf["intermediate_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=int(hf["num_attention_heads"]),
+        )
+    except KeyError as e:
+        raise UserInputError(f"{source}: missing key {e.args[0]!r}") from e
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from jaxembed.models.architectures.base import (
     Architecture,
     HFExportClasses,
     WeightMap,
+    hf_dimensions,
     same,
     transpose,
 )
@@ -45,16 +46,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
     for key in ("is_decoder", "add_cross_attention"):
         if hf.get(key):
             raise UserInputError(f"{source}: {key}=true is not supported (encoders only)")
-    try:
-        settings = dict(
-            vocab_size=int(hf["vocab_size"]),
-            hidden_size=int(hf["hidden_size"]),
-            intermediate_size=int(hf["intermediate_size"]),
-            num_layers=int(hf["num_hidden_layers"]),
-            num_heads=int(hf["num_attention_heads"]),
-        )
-    except KeyError as e:
-        raise UserInputError(f"{source}: missing key {e.args[0]!r}") from e
+    settings: dict[str, Any] = hf_dimensions(hf, source)
     if settings["hidden_size"] % settings["num_heads"]:
         raise UserInputError(
             f"{source}: hidden_size {settings['hidden_size']} is not a multiple of "

@@ -14,6 +14,7 @@ from jaxembed.models.architectures.base import (
     Architecture,
     HFExportClasses,
     WeightMap,
+    hf_dimensions,
     same,
     transpose,
 )
@@ -69,17 +70,8 @@ def config_from_hf(
     if model_type == "qwen2" and hf.get("use_sliding_window"):
         raise UserInputError(f"{source}: qwen2 use_sliding_window=true is not supported")
     theta, scaling = _rope_settings(hf)
-    try:
-        settings = dict(
-            vocab_size=int(hf["vocab_size"]),
-            hidden_size=int(hf["hidden_size"]),
-            intermediate_size=int(hf["intermediate_size"]),
-            num_layers=int(hf["num_hidden_layers"]),
-            num_heads=int(hf["num_attention_heads"]),
-            num_kv_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
-        )
-    except KeyError as e:
-        raise UserInputError(f"{source}: missing key {e.args[0]!r}") from e
+    settings: dict[str, Any] = hf_dimensions(hf, source)
+    settings["num_kv_heads"] = int(hf.get("num_key_value_heads") or settings["num_heads"])
     settings.update(
         head_dim=hf.get("head_dim"),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
