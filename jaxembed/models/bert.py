@@ -25,9 +25,30 @@ from jaxembed.models.llama import attention_mask
 from jaxembed.models.lora import LoraConfig, lora_delta
 from jaxembed.models.matmul import dense_dot_general
 
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
 
+
+@jax.custom_vjp
 def _gelu_exact(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=False)
+    """x * Phi(x) (HF's "gelu", the erf form). The backward is written out,
+    `g * (Phi(x) + x * phi(x))` in one pass: autodiff through erf takes several over the
+    [tokens, intermediate] activations, ~1.1 s of all-MiniLM-L6-v2's 5 s forward+backward
+    on 80 x 128 tokens here."""
+    return x * (0.5 + 0.5 * jax.lax.erf(x * _SQRT_HALF))
+
+
+def _gelu_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return _gelu_exact(x), x
+
+
+def _gelu_backward(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    cdf = 0.5 + 0.5 * jax.lax.erf(x * _SQRT_HALF)
+    pdf = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return ((g * (cdf + x * pdf)).astype(x.dtype),)
+
+
+_gelu_exact.defvjp(_gelu_forward, _gelu_backward)
 
 
 def _gelu_tanh(x: jax.Array) -> jax.Array:
