@@ -134,6 +134,17 @@ def theirs(model, paths, config: MiningConfig, **st_kwargs):
     return {q: result[q] for q in set(beir.query_texts)}
 
 
+def _non_positive_ranks(paths):
+    """Per query text, score -> how many of its non-positive documents score higher."""
+    task = load_beir_task(paths["corpus"], paths["queries"], paths["qrels"])
+    q_emb, c_emb = np.load(paths["q"]), np.load(paths["c"])
+    out = {}
+    for i, (text, rows) in enumerate(zip(task.query_texts, task.positives, strict=True)):
+        scores = np.delete(c_emb @ q_emb[i], list(rows))
+        out[text] = lambda score, scores=scores: int(np.sum(scores > score + 1e-6))
+    return out
+
+
 ST_EQUIVALENT = [
     (MiningConfig("perc", 0.95, num_negatives=4, range_max=20), dict(relative_margin=0.05)),
     (MiningConfig("margin", 0.05, num_negatives=4, range_max=20), dict(absolute_margin=0.05)),
@@ -181,9 +192,23 @@ def test_scifact_negative_sets_match_sentence_transformers(scifact, config, st_k
     ref = theirs(model, paths, config, **st_kwargs)
     assert set(mine) == set(ref) and len(mine) >= 295  # 300 queries, a few share a text
     differing = [q for q in ref if mine[q][0] != ref[q][0]]
+    # sentence-transformers 6 retrieves range_max + (most positives of any query) + 1
+    # candidates before dropping a query's own positives, so a query with fewer positives
+    # looks past jaxembed's window of range_max non-positive candidates: such a query may
+    # keep extra negatives, each ranked beyond range_max, and nothing else may differ.
+    ranks = _non_positive_ranks(paths)
+    on_edge = [
+        q
+        for q in differing
+        if mine[q][0] < ref[q][0]
+        and all(ranks[q](ref[q][1][t]) >= config.range_max for t in ref[q][0] - mine[q][0])
+    ]
+    differing = [q for q in differing if q not in on_edge]
     assert not differing, f"{len(differing)} queries differ, e.g. {differing[0][:80]!r}"
     for q, (_, scores) in ref.items():
         for text, score in scores.items():
+            if q in on_edge and text not in mine[q][1]:
+                continue  # ranked beyond jaxembed's window, checked above
             assert abs(mine[q][1][text] - score) < 1e-5
     # The rules really worked on this data: something was filtered.
     if config.method in ("perc", "margin", "abs"):
