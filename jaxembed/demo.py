@@ -27,7 +27,7 @@ from jaxembed.hf_export import export
 from jaxembed.io_utils import atomic_file
 from jaxembed.metrics import evaluate_run, ranked
 from jaxembed.models.architectures import init_params
-from jaxembed.models.build import model_config
+from jaxembed.models.build import model_config, pooling_mode
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.reranker import Reranker
 from jaxembed.rerank import rerank_run
@@ -174,7 +174,7 @@ def run_demo(
     tokenizer.save_pretrained(str(workdir / "tokenizer"))
     config = demo_config(data_dir, workdir / "tokenizer", len(tokenizer), steps)
     mcfg = model_config(config)
-    pooling = PoolingSettings(mode=config.model.pooling)
+    pooling = PoolingSettings(mode=pooling_mode(config))
     print(
         f"synthetic task: {len(task.train_records)} training queries, held-out "
         f"{len(task.queries)} queries over {len(task.corpus)} documents (no query shares a "
