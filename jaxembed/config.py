@@ -53,6 +53,11 @@ def default_config() -> ml_collections.ConfigDict:
         # False: the layers run in a Python loop, faster to train on a CPU; True: under
         # nn.scan, compile time independent of depth (what the big recipes use).
         scan_layers=False,
+        # Training-time dropout of BERT-family backbones (HF hidden_dropout_prob and
+        # attention_probs_dropout_prob). -1: the checkpoint's own, as sentence-transformers
+        # trains (0.1 for MiniLM, BGE, E5). The Llama family has none: use lora.dropout.
+        dropout=-1.0,
+        attention_dropout=-1.0,
         # mean | last | first, or "auto": the HF checkpoint's own (its sentence-transformers
         # Pooling module: mean for all-MiniLM-L6-v2, CLS for BGE), else mean.
         pooling="auto",

@@ -123,6 +123,87 @@ def test_minilm_step_matches_sentence_transformers_mnrl(minilm, minilm_dir, scan
     assert_step_matches(loss, grad_norm, ours, ref_loss, ref)
 
 
+def _recorded_keep_masks(monkeypatch, config, params, batch) -> tuple[list, list]:
+    """The dropout masks jaxembed's step draws, in the order they are drawn: the step's
+    forward run eagerly with its dropout key and row numbers (tasks/embedding.py), with
+    `row_keep_mask` recorded."""
+    from jaxembed.models import dropout
+    from jaxembed.models.encoder import make_embed_fn
+
+    drawn = []
+    original = dropout.row_keep_mask
+
+    def recording(*args):
+        keep = original(*args)
+        drawn.append(np.asarray(keep))
+        return keep
+
+    monkeypatch.setattr(dropout, "row_keep_mask", recording)
+    embed = make_embed_fn(config, "mean")
+    key = jax.random.fold_in(jax.random.key(0), 0)  # gradient_step's state: rng key(0), step 0
+    b = batch["query_input_ids"].shape[0]
+    queries = {
+        "input_ids": batch["query_input_ids"],
+        "attention_mask": batch["query_attention_mask"],
+        "row_ids": np.arange(b, dtype=np.int32),
+    }
+    embed(params, queries, None, key)
+    query_masks, drawn = drawn, []
+    passages = {
+        "input_ids": batch["passage_input_ids"].reshape(2 * b, -1),
+        "attention_mask": batch["passage_attention_mask"].reshape(2 * b, -1),
+        "row_ids": b + np.arange(2 * b, dtype=np.int32),
+    }
+    embed(params, passages, None, key)
+    monkeypatch.undo()
+    return query_masks, drawn
+
+
+def test_minilm_step_with_dropout_matches_sentence_transformers(minilm, minilm_dir, monkeypatch):
+    """Dropout where HF BERT trains with it (embeddings, attention probabilities, both
+    sublayer outputs, the checkpoint's 0.1): one step with dropout on equals
+    sentence-transformers' MNRL in train mode fed the very masks jaxembed drew."""
+    from sentence_transformers import SentenceTransformer
+
+    config, params, _ = minilm
+    rates = architectures.BERT.checkpoint_dropout(hf.read_hf_config(minilm_dir))
+    assert rates == {"hidden_dropout": 0.1, "attention_dropout": 0.1}
+    config = dataclasses.replace(config, scan_layers=False, **rates)
+    st_model = SentenceTransformer(
+        str(minilm_dir), device="cpu", model_kwargs={"attn_implementation": "eager"}
+    ).train()
+    batch, columns = _bi_encoder_batch(st_model)
+    loss, grad_norm, grads = gradient_step(config, params, batch, _settings())
+    query_masks, passage_masks = _recorded_keep_masks(monkeypatch, config, params, batch)
+    sites = 1 + 3 * config.num_layers  # embeddings; per layer probabilities, two outputs
+    assert len(query_masks) == len(passage_masks) == sites
+    # MNRL embeds the anchors, then positives and negatives in one forward (all positives
+    # first); jaxembed's passage rows interleave each query's positive and negative.
+    queue = list(query_masks)
+    queue += [np.concatenate([m[0::2], m[1::2]]) for m in passage_masks]
+
+    def replayed(x, p=0.5, training=True, inplace=False):
+        assert training and p == 0.1
+        keep = torch.from_numpy(queue.pop(0).reshape(x.shape).copy())
+        return torch.where(keep, x / (1 - p), torch.zeros_like(x))
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", replayed)
+    ref_loss = _mnrl_step(st_model, columns)
+    monkeypatch.undo()
+    assert not queue, f"{len(queue)} masks left: the reference dropped at fewer sites"
+    named = dict(st_model[0].auto_model.named_parameters())
+    ours, ref = backbone_gradients(config, grads, named)
+    assert_step_matches(loss, grad_norm, ours, ref_loss, ref)
+    # And the masks matter: without them the step is another one.
+    plain_loss, _, _ = gradient_step(
+        dataclasses.replace(config, hidden_dropout=0.0, attention_dropout=0.0),
+        params,
+        batch,
+        _settings(),
+    )
+    assert abs(plain_loss - loss) > 1e-3
+
+
 def test_minilm_lora_step_matches_peft(minilm, minilm_dir):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, set_peft_model_state_dict

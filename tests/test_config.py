@@ -120,3 +120,23 @@ def test_sentence_transformers_config_is_mnrl():
     assert c.loss.temperature == 1 / 20
     assert (c.optimizer.learning_rate, c.optimizer.weight_decay) == (2e-5, 0.0)
     assert c.optimizer.max_grad_norm == 1.0
+
+
+def test_dropout_is_the_checkpoints_own_unless_set(minilm_dir):
+    """BERT trains with its checkpoint's dropout (as sentence-transformers does) unless
+    `model.dropout` / `model.attention_dropout` say otherwise; the Llama family has none."""
+    from jaxembed.models.build import model_config
+
+    config = default_config()
+    assert not model_config(config).has_dropout  # a Llama model: no dropout of its own
+    apply_overrides(config, ["model.dropout=0.1"])
+    with pytest.raises(UserInputError, match="llama models train without dropout"):
+        model_config(config)
+    apply_overrides(config, ["model.init=hf", f"model.hf_path={minilm_dir}", "model.dropout=-1"])
+    model = model_config(config)
+    assert (model.hidden_dropout, model.attention_dropout) == (0.1, 0.1)  # its config.json
+    apply_overrides(config, ["model.dropout=0.2", "model.attention_dropout=0"])
+    model = model_config(config)
+    assert (model.hidden_dropout, model.attention_dropout, model.has_dropout) == (0.2, 0.0, True)
+    apply_overrides(config, ["model.dropout=0", "model.attention_impl=xla"])
+    assert not model_config(config).has_dropout

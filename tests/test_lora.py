@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from test_train_step import _batch
 
+from jaxembed import tasks
 from jaxembed.models import architectures, reranker
 from jaxembed.models.encoder import make_embed_fn
 from jaxembed.models.llama import LlamaConfig, LlamaModel
@@ -132,7 +133,8 @@ def _run(config, mesh_shape, settings, steps=3, task="embedding"):
     else:
         params = init_params(config, jax.random.PRNGKey(0))
     adapters = init_adapters(config, jax.random.PRNGKey(2)) if config.lora else None
-    state = create_state(params, optimizer, jax.random.PRNGKey(1), adapters)
+    layout = tasks.get(task).layout  # a reranker's head trains beside the adapters
+    state = create_state(params, optimizer, jax.random.PRNGKey(1), adapters, layout)
     state = jax.device_put(state, shardings)
     step = jit_train_step(make_train_step(config, optimizer, schedule, settings), shardings, mesh)
     first = jax.device_get(state)

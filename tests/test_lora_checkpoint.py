@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxembed import tasks
 from jaxembed.checkpoint import Checkpointer, restore_frozen_params, save_frozen_params
 from jaxembed.models.architectures import init_adapters
 from jaxembed.models.llama import LlamaConfig
@@ -20,7 +21,7 @@ from jaxembed.train.state import (
     checkpointed,
     create_state,
     frozen_params,
-    trainable,
+    trained,
     with_frozen_params,
 )
 
@@ -36,7 +37,8 @@ def reranker_state():
     adapters = init_adapters(CONFIG, jax.random.PRNGKey(1))
     # Non-zero B, so that merging changes the kernels.
     adapters = jax.tree.map(lambda x: x + 0.1, adapters)
-    return create_state(params, optax.adam(1e-3), jax.random.key(2), adapters)
+    layout = tasks.get("reranker").layout
+    return create_state(params, optax.adam(1e-3), jax.random.key(2), adapters, layout)
 
 
 def _host(x):
@@ -56,11 +58,9 @@ def test_a_step_holds_what_is_trained_and_restores_whole(reranker_state, tmp_pat
     stored = checkpointed(state)
     assert set(stored.params) == {"score"}
     assert jax.tree.structure(stored.opt_state) == jax.tree.structure(state.opt_state)
-    _assert_equal_trees(
-        trainable(stored.params, stored.adapters), trainable(state.params, state.adapters)
-    )
+    _assert_equal_trees(trained(stored), trained(state))
 
-    save_frozen_params(tmp_path, frozen_params(state.params))
+    save_frozen_params(tmp_path, frozen_params(state))
     checkpointer = Checkpointer(tmp_path / "checkpoints", async_save=False)
     checkpointer.save(7, stored, None)
     checkpointer.close()
@@ -72,9 +72,7 @@ def test_a_step_holds_what_is_trained_and_restores_whole(reranker_state, tmp_pat
     assert checkpointer.saved_param_keys(7) == {"score"}
     restored, _, _ = checkpointer.restore(7, checkpointed(fresh))
     checkpointer.close()
-    whole = with_frozen_params(
-        restored, restore_frozen_params(tmp_path, frozen_params(fresh.params))
-    )
+    whole = with_frozen_params(restored, restore_frozen_params(tmp_path, frozen_params(fresh)))
     _assert_equal_trees(whole, state)
 
 
@@ -82,7 +80,7 @@ def test_an_embedding_step_stores_no_params(reranker_state):
     params = reranker_state.params["backbone"]
     state = create_state(params, optax.adam(1e-3), jax.random.key(0), reranker_state.adapters)
     assert checkpointed(state).params is None
-    _assert_equal_trees(frozen_params(state.params), params)
+    _assert_equal_trees(frozen_params(state), params)
 
 
 def test_a_lora_reranker_merges_its_adapters_into_the_backbone(reranker_state):

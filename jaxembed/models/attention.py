@@ -16,6 +16,7 @@ division per output row.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -91,10 +92,21 @@ class HeadsMerge(nn.Module):
 
 
 def attend(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, implementation: str | None
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    implementation: str | None,
+    drop_probabilities: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """`softmax_attention`, or with a named `jax.nn.dot_product_attention` implementation
-    (e.g. "cudnn") that kernel, which wants [B, T, heads, d] and groups GQA heads itself."""
+    (e.g. "cudnn") that kernel, which wants [B, T, heads, d] and groups GQA heads itself.
+    `drop_probabilities` (BERT's attention dropout, training only) is applied to the
+    attention probabilities [B, kv_heads, group, T, S]; the kernels have no such hook."""
+    if drop_probabilities is not None:
+        if implementation is not None:
+            raise ValueError(f"attention dropout needs jaxembed's attention, not {implementation}")
+        return _dropped_softmax_attention(q, k, v, mask, drop_probabilities)
     if implementation is None:
         return softmax_attention(q, k, v, mask)
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
@@ -114,6 +126,26 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
         raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} kv heads")
     grouped = q.reshape(b, kv_heads, heads // kv_heads, t, d)
     return _attention(grouped, k, v, mask[:, :, None]).reshape(b, heads, t, d)
+
+
+def _dropped_softmax_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    drop: Callable[[jax.Array], jax.Array],
+) -> jax.Array:
+    """`softmax_attention` with dropout on the probabilities, as HF BERT trains. Plain
+    autodiff: the written-out backward of `_attention` has no place for the mask."""
+    b, heads, t, d = q.shape
+    kv_heads = k.shape[1]
+    grouped = q.reshape(b, kv_heads, heads // kv_heads, t, d)
+    scale = 1.0 / math.sqrt(d)
+    scores = jnp.einsum("bkgth,bksh->bkgts", grouped, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, :, None], scores * scale, jnp.finfo(jnp.float32).min)
+    probabilities = drop(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksh->bkgth", probabilities, v, preferred_element_type=jnp.float32)
+    return out.astype(v.dtype).reshape(b, heads, t, d)
 
 
 def _forward(

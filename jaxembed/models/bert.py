@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend, partitioned_init
+from jaxembed.models.dropout import RowDropout
 from jaxembed.models.layer_stack import REMAT_POLICIES, loop_layers, scanned_layers
 from jaxembed.models.llama import attention_mask
 from jaxembed.models.lora import LoraConfig, lora_delta
@@ -85,6 +86,11 @@ class BertConfig:
     scan_layers: bool = True
     attention_impl: str | None = None  # None: softmax_attention; else a dot_product_attention one
     lora: LoraConfig | None = None  # adapters on the projections it targets (models/lora.py)
+    # Training-time dropout as HF BERT applies it (hidden_dropout_prob after the embeddings
+    # and each sublayer's output projection, attention_probs_dropout_prob on the attention
+    # probabilities); active only when the call is given a "dropout" rng.
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -97,6 +103,20 @@ class BertConfig:
             raise ValueError(
                 f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}"
             )
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if self.attention_dropout and self.attention_impl is not None:
+            raise ValueError(
+                f"attention_dropout={self.attention_dropout} needs jaxembed's attention, not "
+                f"{self.attention_impl!r} (set model.attention_dropout=0)"
+            )
+
+    @property
+    def has_dropout(self) -> bool:
+        """Whether a training step draws dropout masks (the model's own or LoRA's)."""
+        lora_dropout = self.lora is not None and bool(self.lora.dropout)
+        return bool(self.hidden_dropout or self.attention_dropout or lora_dropout)
 
     @property
     def resolved_head_dim(self) -> int:
@@ -159,7 +179,20 @@ class SelfAttention(nn.Module):
             # The adapter term comes out [B, T, heads, d]; the projection is heads-major.
             return y if delta is None else y + jnp.swapaxes(delta, 1, 2)
 
-        out = attend(project("query"), project("key"), project("value"), mask, cfg.attention_impl)
+        drop_module = RowDropout(cfg.attention_dropout, name="probabilities_dropout")
+
+        def drop(probabilities: jax.Array) -> jax.Array:
+            return drop_module(probabilities, row_ids)
+
+        drops = cfg.attention_dropout and self.has_rng("dropout")
+        out = attend(
+            project("query"),
+            project("key"),
+            project("value"),
+            mask,
+            cfg.attention_impl,
+            drop if drops else None,
+        )
         y = HeadsMerge(cfg.hidden_size, True, dtype, pdtype, name="output")(out)
         heads_last = jnp.swapaxes(out, 1, 2)  # the adapter contracts [.., heads, d]
         out_shape = (cfg.hidden_size,)
@@ -204,11 +237,16 @@ class EncoderLayer(nn.Module):
         def norm(name: str) -> LayerNorm:
             return LayerNorm(cfg.layer_norm_eps, dtype, pdtype, name=name)
 
-        x = norm("attention_norm")(x + SelfAttention(cfg, name="attention")(x, mask, row_ids))
+        def dropout(name: str, y: jax.Array) -> jax.Array:
+            return RowDropout(cfg.hidden_dropout, name=name)(y, row_ids)
+
+        attended = SelfAttention(cfg, name="attention")(x, mask, row_ids)
+        x = norm("attention_norm")(x + dropout("attention_dropout", attended))
         h = ACTIVATIONS[cfg.hidden_act](
             dense("intermediate", cfg.intermediate_size, ("embed", "mlp"), x)
         )
-        x = norm("output_norm")(x + dense("output", cfg.hidden_size, ("mlp", "embed"), h))
+        y = dense("output", cfg.hidden_size, ("mlp", "embed"), h)
+        x = norm("output_norm")(x + dropout("output_dropout", y))
         return x, None
 
 
@@ -234,6 +272,7 @@ class BertModel(nn.Module):
         self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"))
         self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"))
         self.embeddings_norm = LayerNorm(cfg.layer_norm_eps, dtype, pdtype)
+        self.embeddings_dropout = RowDropout(cfg.hidden_dropout)
         self.layers = scanned_layers(EncoderLayer, cfg, num_broadcast=2)
 
     def __call__(
@@ -245,7 +284,7 @@ class BertModel(nn.Module):
         causal: bool = False,
         row_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """`row_ids` [B] (global row numbers) key the per-row LoRA dropout masks."""
+        """`row_ids` [B] (global row numbers) key the per-row dropout masks."""
         cfg = self.config
         length = input_ids.shape[1]
         if length > cfg.max_position_embeddings:
@@ -264,7 +303,7 @@ class BertModel(nn.Module):
             + self.token_type_embeddings(token_types)
             + self.position_embeddings(position_ids)
         )
-        x = self.embeddings_norm(x)
+        x = self.embeddings_dropout(self.embeddings_norm(x), row_ids)
         mask = attention_mask(padding_mask, causal=causal, sliding_window=None)
         if cfg.scan_layers or self.is_initializing():
             x, _ = self.layers(x, mask, row_ids)

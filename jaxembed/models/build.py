@@ -67,6 +67,7 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
         scan_layers=m.scan_layers,
         attention_impl=m.attention_impl or None,
     )
+    overrides.update(_dropout(config, arch))
     if m.init == "hf":
         source = str(Path(m.hf_path) / "config.json")
         model = arch.config_from_hf(hf.read_hf_config(m.hf_path), source, **overrides)
@@ -84,6 +85,22 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
         rope_theta=m.rope_theta,
         **overrides,
     )
+
+
+def _dropout(config: ml_collections.ConfigDict, arch: Architecture) -> dict[str, float]:
+    """`model.dropout` / `model.attention_dropout` as config overrides; a negative value
+    means the checkpoint's own rate (BERT's config; none for a family without dropout)."""
+    m = config.model
+    rates = {"hidden_dropout": float(m.dropout), "attention_dropout": float(m.attention_dropout)}
+    if arch.checkpoint_dropout is None:
+        if any(rate > 0 for rate in rates.values()):
+            raise UserInputError(
+                f"model.dropout={m.dropout}, model.attention_dropout={m.attention_dropout}: "
+                f"{arch.name} models train without dropout of their own (set lora.dropout)"
+            )
+        return {}
+    own = arch.checkpoint_dropout(hf.read_hf_config(m.hf_path)) if m.init == "hf" else {}
+    return {key: own.get(key, 0.0) if rate < 0 else rate for key, rate in rates.items()}
 
 
 def pooling_mode(config: ml_collections.ConfigDict) -> str:

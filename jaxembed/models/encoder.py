@@ -175,8 +175,8 @@ def make_embed_fn(
     """`(params, {"input_ids", "attention_mask"[, "pool_mask", "row_ids"]}, adapters=None,
     dropout_rng=None) -> [rows, hidden]` f32: the bidirectional backbone (Llama family or
     BERT, by config type), pooled (and L2-normalized); shared by inference and training.
-    `adapters` are LoRA adapters for `config.lora`; `dropout_rng` turns their dropout on,
-    with masks keyed by the inputs' `row_ids`."""
+    `adapters` are LoRA adapters for `config.lora`; `dropout_rng` turns dropout on (the
+    model's own and LoRA's), with masks keyed by the inputs' `row_ids`."""
     model = architectures.for_config(config).module(config)
 
     def embed(
@@ -190,8 +190,8 @@ def make_embed_fn(
         extra: dict[str, Any] = {}
         if adapters is not None:
             variables[LORA_COLLECTION] = adapters
-            if dropout_rng is not None:
-                extra = {"rngs": {"dropout": dropout_rng}, "row_ids": inputs.get("row_ids")}
+        if dropout_rng is not None:
+            extra = {"rngs": {"dropout": dropout_rng}, "row_ids": inputs.get("row_ids")}
         hidden = model.apply(variables, inputs["input_ids"], mask, causal=False, **extra)
         pooled = pool(hidden, mask, pooling, inputs.get("pool_mask"))
         return l2_normalize(pooled) if normalize else pooled

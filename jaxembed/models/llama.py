@@ -67,6 +67,12 @@ class LlamaConfig:
         return self.head_dim or self.hidden_size // self.num_heads
 
     @property
+    def has_dropout(self) -> bool:
+        """Whether a training step draws dropout masks (LoRA's only: the family trains
+        without dropout of its own)."""
+        return self.lora is not None and bool(self.lora.dropout)
+
+    @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
 

@@ -12,8 +12,8 @@ Targets are a regular expression searched in each projection's module path, e.g.
 `layers/self_attn/q_proj` or `layers/mlp/down_proj`. Layers are stacked, so a target covers
 every layer.
 
-Dropout draws its mask per row from `fold_in(layer key, row id)`: a row gets the same mask
-whichever GradCache chunk it is embedded in, which keeps GradCache exact with dropout on.
+Dropout on the adapter input draws its masks per row (models/dropout.py), which keeps
+GradCache exact with dropout on.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxembed.models.dropout import module_dropout
 
 ADAPTER_A = "_lora_a"
 ADAPTER_B = "_lora_b"
@@ -101,8 +103,7 @@ def lora_delta(
             module.make_rng("params"), (lora.rank, *out_shape)
         ),
     ).value
-    if lora.dropout and module.has_rng("dropout"):
-        x = _row_dropout(module.make_rng("dropout"), x, lora.dropout, row_ids)
+    x = module_dropout(module, x, lora.dropout, row_ids)
     batch_dims = x.ndim - len(in_axes)
     contract = tuple(range(batch_dims, x.ndim))
     low = jax.lax.dot_general(
@@ -110,18 +111,6 @@ def lora_delta(
     )
     up = jax.lax.dot_general(low, b.astype(x.dtype), (((low.ndim - 1,), (0,)), ((), ())))
     return (lora.scale * up).astype(x.dtype)
-
-
-def _row_dropout(key: jax.Array, x: jax.Array, rate: float, row_ids: jax.Array | None) -> jax.Array:
-    """Inverted dropout with each row's mask drawn from `fold_in(key, row id)`."""
-    if row_ids is None:
-        row_ids = jnp.arange(x.shape[0])
-
-    def row_mask(row_id: jax.Array) -> jax.Array:
-        return jax.random.bernoulli(jax.random.fold_in(key, row_id), 1.0 - rate, x.shape[1:])
-
-    keep = jax.vmap(row_mask)(row_ids.astype(jnp.uint32))
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
 # --- adapter trees: enumeration and merging ---------------------------------------------------

@@ -66,11 +66,13 @@ def abstract_state(
     task: str = "embedding",
 ) -> Any:
     """The TrainState as ShapeDtypeStructs carrying the training shardings."""
-    boxed = tasks.get(task).param_shapes(model)
-    params = nn.meta.unbox(boxed)
+    spec = tasks.get(task)
+    params = nn.meta.unbox(spec.param_shapes(model))
     adapters = nn.meta.unbox(adapter_shapes(model)) if model.lora is not None else None
     shapes = jax.eval_shape(
-        lambda p, a: create_state(p, optimizer, jax.random.PRNGKey(0), a), params, adapters
+        lambda p, a: create_state(p, optimizer, jax.random.PRNGKey(0), a, spec.layout),
+        params,
+        adapters,
     )
     return jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),

@@ -15,15 +15,16 @@ from typing import Any, Protocol
 import jax
 import ml_collections
 
-from jaxembed.train.state import TrainState
+from jaxembed.train.state import ParamLayout, TrainState
 
 Batch = dict[str, jax.Array]
-# (state, batch) -> ((loss, metrics), gradients of `trainable(state.params, state.adapters)`)
+# (state, batch) -> ((loss, metrics), gradients of `trained(state)`)
 GradientFn = Callable[[TrainState, Batch], tuple[tuple[jax.Array, dict[str, jax.Array]], Any]]
 
 
 class Task(Protocol):
     name: str
+    layout: ParamLayout  # where the backbone sits, what trains beside LoRA adapters
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
         """The task's own config checks (before anything compiles)."""
@@ -54,7 +55,7 @@ class Task(Protocol):
 
 
 def dropout_rng(model: Any, state: TrainState) -> jax.Array | None:
-    """This step's LoRA dropout key (None when there is no dropout to draw)."""
-    if state.adapters is None or model.lora is None or not model.lora.dropout:
+    """This step's dropout key (None when the model draws no dropout masks)."""
+    if not model.has_dropout:
         return None
     return jax.random.fold_in(state.rng, state.step)

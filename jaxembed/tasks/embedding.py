@@ -17,7 +17,7 @@ from jaxembed.losses import contrastive_loss
 from jaxembed.models.architectures import for_config
 from jaxembed.models.encoder import make_embed_fn
 from jaxembed.tasks.base import Batch, GradientFn, dropout_rng
-from jaxembed.train.state import TrainState, trainable, with_trainable
+from jaxembed.train.state import ParamLayout, TrainState, trained, with_trainable
 
 
 def _side(batch: Batch, prefix: str, use_pool_mask: bool) -> Batch:
@@ -34,6 +34,7 @@ def _side(batch: Batch, prefix: str, use_pool_mask: bool) -> Batch:
 
 class EmbeddingTask:
     name = "embedding"
+    layout = ParamLayout()  # the params are the backbone; no head
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
         return None  # the shared checks (train/validate.py) cover the bi-encoder
@@ -76,7 +77,7 @@ class EmbeddingTask:
                 current = with_trainable(state, values)
                 return embed(current.params, inputs, current.adapters, rng)
 
-            values = trainable(state.params, state.adapters)
+            values = trained(state)
             if settings.gradcache_chunk:
                 (loss, metrics), grads = gradcache_value_and_grad(
                     embed_trainable,

@@ -23,11 +23,12 @@ from jaxembed.models.reranker import (
     reranker_param_shapes,
 )
 from jaxembed.tasks.base import Batch, GradientFn, dropout_rng
-from jaxembed.train.state import TrainState, trainable, with_trainable
+from jaxembed.train.state import ParamLayout, TrainState, trained, with_trainable
 
 
 class RerankerTask:
     name = "reranker"
+    layout = ParamLayout(backbone="backbone", head=("score",))
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
         from jaxembed.models.build import pooling_mode
@@ -87,7 +88,7 @@ class RerankerTask:
                     temperature=settings.ranking_temperature,
                 )
 
-            values = trainable(state.params, state.adapters)
+            values = trained(state)
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(values)
             return (loss, dict(metrics, tokens=jnp.sum(mask))), grads
 

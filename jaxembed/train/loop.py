@@ -53,10 +53,12 @@ from jaxembed.train.nonfinite import NonFiniteGuard
 from jaxembed.train.resume import resume_latest
 from jaxembed.train.state import (
     TrainState,
+    backbone_params,
     checkpointed,
     create_state,
     frozen_params,
     optimizer_from_config,
+    with_backbone_params,
     with_frozen_params,
 )
 from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
@@ -99,10 +101,8 @@ def merged_params(state: Any, mcfg: ModelConfig) -> Any:
     """The model the state stands for: its params, with LoRA adapters merged in."""
     if state.adapters is None:
         return state.params
-    if "backbone" in state.params:  # a reranker: the adapters belong to its backbone
-        backbone = _merge_on_device(state.params["backbone"], state.adapters, mcfg.lora.scale)
-        return {**state.params, "backbone": backbone}
-    return _merge_on_device(state.params, state.adapters, mcfg.lora.scale)
+    merged = _merge_on_device(backbone_params(state), state.adapters, mcfg.lora.scale)
+    return with_backbone_params(state, merged)
 
 
 @partial(jax.jit, static_argnums=2)
@@ -170,7 +170,7 @@ def _restore(
     written before the base moved out still hold it and restore whole)."""
     if state.adapters is None:
         return checkpointer.restore(step, state)
-    frozen = frozen_params(state.params)
+    frozen = frozen_params(state)
     if set(frozen) <= checkpointer.saved_param_keys(step):
         return checkpointer.restore(step, state)
     restored, saved, meta = checkpointer.restore(step, checkpointed(state))
@@ -194,7 +194,7 @@ def _initial_state(
             jax.random.fold_in(rng, 3)
         )
     init_state = jax.jit(
-        lambda params, rng, adapters: create_state(params, optimizer, rng, adapters),
+        lambda params, rng, adapters: create_state(params, optimizer, rng, adapters, task.layout),
         out_shardings=shardings,
     )
     return init_state(params, jax.random.fold_in(rng, 1), adapters)
@@ -241,7 +241,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         log.info("resumed from step %d", latest)
     if state.adapters is not None and (latest is None or not base_saved):
         # Once per run (or when resuming a step written before the base moved out of steps).
-        save_frozen_params(workdir, frozen_params(state.params))
+        save_frozen_params(workdir, frozen_params(state))
     start_step = int(state.step)
 
     metrics_log = MetricsLog(workdir, enabled=jax.process_index() == 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -17,59 +18,81 @@ DECAYED_LEAVES = ("kernel", "embedding")
 DECAYED_SUFFIXES = (ADAPTER_A, ADAPTER_B)
 
 
+@dataclasses.dataclass(frozen=True)
+class ParamLayout:
+    """How a task's params are laid out for LoRA: the subtree the adapters belong to, and
+    the top-level subtrees trained even under LoRA (a head that starts untrained). The
+    default is a bi-encoder's: the params are the backbone, with no head."""
+
+    backbone: str | None = None  # None: the params are the backbone itself
+    head: tuple[str, ...] = ()
+
+
 @flax.struct.dataclass
 class TrainState:
     """`params` is the whole model. With LoRA, `adapters` holds the adapters and the
     optimizer state covers only what is trained (see `trainable`); `params` stays frozen
-    except a reranker's score head."""
+    except the task's head (`layout`, static: it is part of the tree's structure)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
     adapters: Any = None
+    layout: ParamLayout = flax.struct.field(pytree_node=False, default=ParamLayout())
 
 
-def trainable(params: Any, adapters: Any) -> Any:
-    """What the optimizer updates: all params, or with LoRA the adapters (plus a reranker's
-    score head, which starts untrained and so must learn)."""
+def trainable(params: Any, adapters: Any, layout: ParamLayout) -> Any:
+    """What the optimizer updates: all params, or with LoRA the adapters plus the task's
+    head (which starts untrained and so must learn)."""
     if adapters is None:
         return params
-    out = {"adapters": adapters}
-    if "score" in params:
-        out["score"] = params["score"]
-    return out
+    return {"adapters": adapters, **{key: params[key] for key in layout.head}}
+
+
+def trained(state: TrainState) -> Any:
+    """`trainable` of a state."""
+    return trainable(state.params, state.adapters, state.layout)
 
 
 def with_trainable(state: TrainState, values: Any) -> TrainState:
     """`state` with its trainable part (as `trainable` lays it out) replaced by `values`."""
     if state.adapters is None:
         return state.replace(params=values)
-    params = state.params
-    if "score" in values:
-        params = {**params, "score": values["score"]}
+    params = {**state.params, **{key: values[key] for key in state.layout.head}}
     return state.replace(params=params, adapters=values["adapters"])
 
 
 def checkpointed(state: TrainState) -> TrainState:
     """What a step checkpoint stores. With LoRA the frozen base is left out (it is saved once
-    per run, see `jaxembed.checkpoint.save_frozen_params`): only a reranker's score head, if
-    any, stays in `params`."""
+    per run, see `jaxembed.checkpoint.save_frozen_params`): only the task's head, if any,
+    stays in `params`."""
     if state.adapters is None:
         return state
-    return state.replace(
-        params={"score": state.params["score"]} if "score" in state.params else None
-    )
+    head = {key: state.params[key] for key in state.layout.head}
+    return state.replace(params=head or None)
 
 
-def frozen_params(params: Any) -> Any:
-    """The part of a LoRA run's params that never changes (all but a reranker's score head)."""
-    return {k: v for k, v in params.items() if k != "score"}
+def frozen_params(state: TrainState) -> Any:
+    """The part of a LoRA run's params that never changes (all but the task's head)."""
+    return {k: v for k, v in state.params.items() if k not in state.layout.head}
 
 
 def with_frozen_params(state: TrainState, frozen: Any) -> TrainState:
     """A state restored from `checkpointed` form, made whole again with the frozen base."""
     return state.replace(params={**frozen, **(state.params or {})})
+
+
+def backbone_params(state: TrainState) -> Any:
+    """The params the LoRA adapters belong to."""
+    key = state.layout.backbone
+    return state.params if key is None else state.params[key]
+
+
+def with_backbone_params(state: TrainState, backbone: Any) -> Any:
+    """`state.params` with the backbone (as `backbone_params` finds it) replaced."""
+    key = state.layout.backbone
+    return backbone if key is None else {**state.params, key: backbone}
 
 
 def learning_rate_schedule(
@@ -135,14 +158,19 @@ def make_optimizer(
 
 
 def create_state(
-    params: Any, optimizer: optax.GradientTransformation, rng: jax.Array, adapters: Any = None
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    rng: jax.Array,
+    adapters: Any = None,
+    layout: ParamLayout = ParamLayout(),
 ) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=optimizer.init(trainable(params, adapters)),
+        opt_state=optimizer.init(trainable(params, adapters, layout)),
         rng=rng,
         adapters=adapters,
+        layout=layout,
     )
 
 

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jaxembed import tasks
 from jaxembed.models.architectures import ModelConfig, adapter_shapes
 from jaxembed.sharding import batch_sharding, param_shardings, replicated
-from jaxembed.train.state import TrainState, trainable, with_trainable
+from jaxembed.train.state import TrainState, trainable, trained, with_trainable
 
 Batch = dict[str, jax.Array]
 
@@ -69,7 +69,7 @@ def _apply_gradients(
     state as they were (as `optax.apply_if_finite` does) and reports `nonfinite=1`; the step
     counter still advances, since its batch was consumed. Whether such a step skips or halts
     the run is the loop's policy (`train.nonfinite`), decided from that flag."""
-    values = trainable(state.params, state.adapters)
+    values = trained(state)
     updates, opt_state = optimizer.update(grads, state.opt_state, values)
     grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
@@ -98,17 +98,18 @@ def state_shardings(
 ) -> TrainState:
     """Params, LoRA adapters (when `config.lora` is set) and the optimizer moments of what is
     trained share the FSDP/tensor layout of what they belong to."""
-    boxed = tasks.get(task).param_shapes(config)
+    spec = tasks.get(task)
+    boxed = spec.param_shapes(config)
     params = param_shardings(boxed, mesh)
     boxed_adapters = adapter_shapes(config) if config.lora is not None else None
     adapters = None if boxed_adapters is None else param_shardings(boxed_adapters, mesh)
-    abstract = trainable(nn.meta.unbox(boxed), nn.meta.unbox(boxed_adapters))
+    abstract = trainable(nn.meta.unbox(boxed), nn.meta.unbox(boxed_adapters), spec.layout)
     abstract_opt = jax.eval_shape(optimizer.init, abstract)
     opt = optax.tree_map_params(
         optimizer,
         lambda _, sharding: sharding,
         abstract_opt,
-        trainable(params, adapters),
+        trainable(params, adapters, spec.layout),
         transform_non_params=lambda _: replicated(mesh),
         is_leaf=lambda x: isinstance(x, NamedSharding),
     )
@@ -118,6 +119,7 @@ def state_shardings(
         opt_state=opt,
         rng=replicated(mesh),
         adapters=adapters,
+        layout=spec.layout,
     )
 
 

@@ -90,6 +90,9 @@ class Architecture:
     lora_projections: tuple[str, ...]
     lora_default_targets: str
     max_length: Callable[[Any], int | None]  # longest input the model can take (None: any)
+    # HF config -> the `hidden_dropout` / `attention_dropout` it trains with (BERT's own
+    # dropout); None: the family has no dropout of its own (the Llama family: LoRA's only).
+    checkpoint_dropout: Callable[[dict[str, Any]], dict[str, float]] | None = None
 
     # --- parameters -----------------------------------------------------------------
 

@@ -28,6 +28,14 @@ LORA_PROJECTIONS = tuple(f"layers/attention/{p}" for p in ("query", "key", "valu
 )
 
 
+def checkpoint_dropout(hf: dict[str, Any]) -> dict[str, float]:
+    """The rates HF's BertModel trains with (transformers' defaults where unset)."""
+    return dict(
+        hidden_dropout=float(hf.get("hidden_dropout_prob", 0.1)),
+        attention_dropout=float(hf.get("attention_probs_dropout_prob", 0.1)),
+    )
+
+
 def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> BertConfig:
     """Translate a HF BERT config; optional keys default as in transformers' `BertConfig`."""
     if hf.get("model_type") != "bert":
@@ -141,4 +149,5 @@ BERT = Architecture(
     lora_projections=LORA_PROJECTIONS,
     lora_default_targets=ALL_PROJECTIONS,
     max_length=lambda config: config.max_position_embeddings,
+    checkpoint_dropout=checkpoint_dropout,
 )
