@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -183,10 +184,16 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise UserInputError(f"{path}: failed to load ({type(e).__name__}: {e})") from e
     if not hasattr(module, "get_config"):
         raise UserInputError(f"{path}: defines no get_config()")
+    # ml_collections' convention is get_config(arg); a file that takes no argument is fine
+    # too, unless it is given one.
+    takes_arg = bool(inspect.signature(module.get_config).parameters)
+    if arg and not takes_arg:
+        raise UserInputError(f"{path}: get_config() takes no argument, but ':{arg}' was given")
     try:
-        config = module.get_config(arg or None)
-    except (ValueError, KeyError) as e:
-        raise UserInputError(f"{path}: get_config({arg or None!r}) failed: {e}") from e
+        config = module.get_config(arg or None) if takes_arg else module.get_config()
+    except Exception as e:  # user code, as above
+        call = f"get_config({arg or None!r})" if takes_arg else "get_config()"
+        raise UserInputError(f"{path}: {call} failed ({type(e).__name__}: {e})") from e
     check_schema(config, default_config(), str(path))
     return config
 

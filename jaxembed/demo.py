@@ -33,6 +33,7 @@ from jaxembed.models.reranker import Reranker
 from jaxembed.rerank import rerank_run
 from jaxembed.synthetic import make_task, write_task
 from jaxembed.train.loop import train
+from jaxembed.train.settings import run_settings
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 1024):
@@ -131,7 +132,7 @@ def rerank_stage(workdir: Path, data_dir: Path, held_out, encoder: Encoder, task
     retriever_dir = export(workdir / "run", workdir / "retriever_hf")
     mined = mine_training_negatives(encoder, task, data_dir / "rerank_train.jsonl")
     config = reranker_config(mined, retriever_dir, steps)
-    result = train(config, workdir / "rerank_run")
+    result = train(run_settings(config, jax.device_count()), workdir / "rerank_run")
     run = retrieve(encoder, held_out, task.instruction, depth=RERANK_TOP_K)
     mcfg = model_config(config)
     tokenizer = encoder.tokenizer
@@ -185,7 +186,7 @@ def run_demo(
     init = jax.device_get(init_params(mcfg, jax.random.PRNGKey(config.seed)))
     untrained = Encoder(mcfg, init, tokenizer, pooling)
     before = evaluate_retrieval(untrained, held_out, task.instruction, ks=(10,))
-    result = train(config, workdir / "run")
+    result = train(run_settings(config, jax.device_count()), workdir / "run")
     trained = Encoder(mcfg, jax.device_get(result.params), tokenizer, pooling)
     after = evaluate_retrieval(trained, held_out, task.instruction, ks=(10,))
     first, last = result.history[0]["loss"], result.history[-1]["loss"]

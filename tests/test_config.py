@@ -140,3 +140,35 @@ def test_dropout_is_the_checkpoints_own_unless_set(minilm_dir):
     assert (model.hidden_dropout, model.attention_dropout, model.has_dropout) == (0.2, 0.0, True)
     apply_overrides(config, ["model.dropout=0", "model.attention_impl=xla"])
     assert not model_config(config).has_dropout
+
+
+def test_run_settings_are_typed_once_at_the_boundary(tmp_path, capsys):
+    """A config file is Python: a value of the wrong type (here a section written as a plain
+    dict, which ConfigDict's type locking does not see) stops `jaxembed train` with one line
+    naming the key, before anything is built or written."""
+    from jaxembed.cli import main
+    from jaxembed.train.settings import OptimizerSettings, run_settings
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"query": "q", "positives": ["p"]}\n')
+    config = default_config()
+    apply_overrides(config, [f"data.train_files={data}", f"data.tokenizer={tmp_path}"])
+    settings = run_settings(config, 8)
+    assert isinstance(settings.optimizer, OptimizerSettings)
+    assert settings.mesh == (8, 1, 1) and settings.pooling == "mean"  # "auto", resolved
+    assert settings.data.train_files == (str(data),) and settings.train.steps == 100
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from jaxembed.config import default_config\n"
+        "def get_config():\n"
+        "    c = default_config()\n"
+        f"    c.data.train_files = ({str(data)!r},)\n"
+        f"    c.data.tokenizer = {str(tmp_path)!r}\n"
+        "    c.train = {**c.train.to_dict(), 'steps': '100'}\n"
+        "    return c\n"
+    )
+    workdir = tmp_path / "run"
+    assert main(["train", "--config", str(bad), "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert "train.steps='100': expected int" in err
+    assert "Traceback" not in err and not workdir.exists()

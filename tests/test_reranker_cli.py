@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -33,9 +34,10 @@ def task(tmp_path_factory):
 def trained(task):
     """A tiny reranker trained for a few steps and exported through the CLI."""
     from jaxembed.train.loop import train
+    from jaxembed.train.settings import run_settings
 
     root, _, _ = task
-    result = train(_reranker_config(task), root / "run")
+    result = train(run_settings(_reranker_config(task), jax.device_count()), root / "run")
     out = root / "exported"
     assert main(["export", "--workdir", str(root / "run"), "--output", str(out)]) == 0
     return result, out
@@ -83,15 +85,17 @@ def test_lora_reranker_resumes_exactly_and_exports(task, tmp_path):
     import orbax.checkpoint as ocp
 
     from jaxembed.train.loop import train
+    from jaxembed.train.settings import run_settings
 
     config = _reranker_config(task)
     config.lora.rank, config.lora.alpha = 4, 8.0
     config.train.checkpoint_every = 1
-    whole = train(config, tmp_path / "whole")
+    settings = run_settings(config, jax.device_count())
+    whole = train(settings, tmp_path / "whole")
     # As if killed after saving step 2: resume the same run from there.
     shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "3")
-    resumed = train(config, tmp_path / "resumed")
+    resumed = train(settings, tmp_path / "resumed")
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history[2:]]
     step = tmp_path / "resumed" / "checkpoints" / "3" / "state"
     stored = ocp.StandardCheckpointer().restore(step.absolute())

@@ -38,11 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    import jax
+
     from jaxembed import distributed
     from jaxembed.checkpoint import describe_last_complete
     from jaxembed.config import apply_overrides, default_config, load_config
     from jaxembed.peers import watch_peers
     from jaxembed.train.loop import train
+    from jaxembed.train.settings import run_settings
 
     config = load_config(args.config) if args.config else default_config()
     apply_overrides(config, args.overrides)
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
         args.peer_timeout, lambda: describe_last_complete(Path(args.workdir) / "checkpoints")
     )
     try:
-        result = train(config, args.workdir)
+        result = train(run_settings(config, jax.device_count()), args.workdir)
     except BaseException as e:
         if watch is not None:
             # JAX's exit-time shutdown barrier would wait for peers that may never arrive.

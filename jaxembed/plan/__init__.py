@@ -19,7 +19,6 @@ from jaxembed.plan.aot import (
     abstract_batch,
     abstract_state,
     compile_train_step,
-    optimizer_from_config,
     per_device_bytes,
     planning_model_config,
 )
@@ -27,6 +26,7 @@ from jaxembed.plan.cost import layer_repeats, model_flops_per_step, step_cost
 from jaxembed.plan.report import PlanReport, advice, format_report
 from jaxembed.plan.topology import CHIPS, Topology, compile_only_devices, parse_topology
 from jaxembed.sharding import MESH_AXES, make_mesh
+from jaxembed.train.settings import optimizer_settings
 from jaxembed.train.step import state_shardings
 from jaxembed.train.validate import check_layout, validate_model
 
@@ -103,7 +103,7 @@ def _refused(config, label, topology, devices, model, mesh_shape, error, started
     """The report when XLA refuses to compile for lack of HBM: state sizes from the shardings,
     the rest from the compiler's message."""
     mesh = make_mesh(mesh_shape, devices)
-    optimizer, _ = optimizer_from_config(config)
+    optimizer, _ = optimizer_settings(config).build(config.train.steps)
     task = config.model.task
     state = abstract_state(model, optimizer, state_shardings(model, optimizer, mesh, task), task)
     batch = per_device_bytes(abstract_batch(config, mesh))

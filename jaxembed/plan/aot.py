@@ -23,8 +23,8 @@ from jaxembed import tasks
 from jaxembed.models.architectures import ModelConfig, adapter_shapes
 from jaxembed.models.build import model_config, pruned_config
 from jaxembed.sharding import batch_sharding, make_mesh
-from jaxembed.train.loop import step_settings
-from jaxembed.train.state import create_state, optimizer_from_config
+from jaxembed.train.settings import optimizer_settings, step_settings
+from jaxembed.train.state import create_state
 from jaxembed.train.step import jit_train_step, make_train_step, state_shardings
 from jaxembed.train.validate import check_layout
 
@@ -88,7 +88,7 @@ def compile_train_step(
     mesh_shape = check_layout(config, len(devices))
     mesh = make_mesh(mesh_shape, devices)
     model = planning_model_config(config) if model is None else model
-    optimizer, schedule = optimizer_from_config(config)
+    optimizer, schedule = optimizer_settings(config).build(config.train.steps)
     task = config.model.task
     shardings = state_shardings(model, optimizer, mesh, task)
     state = abstract_state(model, optimizer, shardings, task)

@@ -1,4 +1,4 @@
-"""The training loop: config → mesh, model, data, optimizer; restore; then steps, each
+"""The training loop: settings → mesh, model, data, optimizer; restore; then steps, each
 followed by the hooks (train/hooks.py: non-finite guard, metrics and evaluation, preemption,
 checkpoint).
 
@@ -10,7 +10,6 @@ would have. SIGTERM (preemption) saves a checkpoint at the next step boundary an
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 
-from jaxembed import hf, tasks
+from jaxembed import hf
 from jaxembed.checkpoint import (
     Checkpointer,
     has_frozen_params,
@@ -28,14 +26,13 @@ from jaxembed.checkpoint import (
     save_frozen_params,
 )
 from jaxembed.config import RUN_CONFIG_NAME
-from jaxembed.data import BatchIterator, DatasetSpec, IteratorState, PipelineConfig
+from jaxembed.data import BatchIterator, DatasetSpec, IteratorState
 from jaxembed.data.formats import load_beir, read_training_jsonl
 from jaxembed.errors import UserInputError
 from jaxembed.evaluate import evaluate_retrieval
 from jaxembed.io_utils import atomic_file, check_writable_directory
 from jaxembed.models import architectures
 from jaxembed.models.architectures import ModelConfig, init_adapters
-from jaxembed.models.build import model_config, pooling_mode
 from jaxembed.models.encoder import Encoder, PoolingSettings
 from jaxembed.models.lora import merge_adapters
 from jaxembed.progress import progress_bar
@@ -51,50 +48,19 @@ from jaxembed.train.hooks import (
 from jaxembed.train.metrics_log import MetricsLog
 from jaxembed.train.nonfinite import NonFiniteGuard
 from jaxembed.train.resume import resume_latest
+from jaxembed.train.settings import DataSettings, RunSettings
 from jaxembed.train.state import (
     TrainState,
     backbone_params,
     checkpointed,
     create_state,
     frozen_params,
-    optimizer_from_config,
     with_backbone_params,
     with_frozen_params,
 )
-from jaxembed.train.step import StepSettings, jit_train_step, make_train_step, state_shardings
-from jaxembed.train.validate import validate
+from jaxembed.train.step import jit_train_step, make_train_step, state_shardings
 
 log = logging.getLogger(__name__)
-
-PIPELINE_KEYS = (
-    "global_batch_size",
-    "num_negatives",
-    "query_max_length",
-    "passage_max_length",
-    "more_negatives",
-    "fewer_negatives",
-    "homogeneous",
-    "prefetch",
-)
-
-
-def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
-    gc = config.gradcache
-    return StepSettings(
-        pooling=pooling_mode(config),
-        exclude_instruction=config.model.exclude_instruction,
-        loss_variant=config.loss.variant,
-        temperature=config.loss.temperature,
-        false_negative_margin=config.loss.false_negative_margin
-        if config.loss.variant == "qwen3"
-        else None,
-        mask_duplicates=config.loss.mask_duplicates,
-        gradcache_chunk=gc.chunk_size if gc.enabled else 0,
-        gradcache_passage_chunk=gc.passage_chunk_size if gc.enabled else 0,
-        task=config.model.task,
-        ranking=config.loss.ranking,
-        ranking_temperature=config.loss.ranking_temperature,
-    )
 
 
 def merged_params(state: Any, mcfg: ModelConfig) -> Any:
@@ -122,12 +88,13 @@ class TrainResult:
 class _Evaluator:
     """Held-out retrieval metrics of the current params (one compiled encoder, reused)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, mcfg: ModelConfig, tokenizer, mesh):
-        self.data = load_beir(config.data.eval_dir, config.data.eval_split)
-        self.instruction = config.data.instruction or None
-        self.pooling = PoolingSettings(pooling_mode(config), True, config.model.exclude_instruction)
-        self.args = (mcfg, tokenizer, mesh)
-        self.max_length = max(config.data.query_max_length, config.data.passage_max_length)
+    def __init__(self, settings: RunSettings, tokenizer, mesh):
+        d = settings.data
+        self.data = load_beir(d.eval_dir, d.eval_split)
+        self.instruction = d.instruction or None
+        self.pooling = PoolingSettings(settings.pooling, True, settings.exclude_instruction)
+        self.args = (settings.model, tokenizer, mesh)
+        self.max_length = d.max_length
         self.encoder: Encoder | None = None
 
     def __call__(self, params: Any) -> dict[str, float]:
@@ -146,8 +113,7 @@ class _Evaluator:
         return {f"eval_{k}": v for k, v in scores.items()}
 
 
-def load_datasets(config: ml_collections.ConfigDict) -> list[DatasetSpec]:
-    d = config.data
+def load_datasets(d: DataSettings) -> list[DatasetSpec]:
     weights = list(d.weights) if d.weights else [1.0] * len(d.train_files)
     if len(weights) != len(d.train_files):
         raise UserInputError(
@@ -177,14 +143,13 @@ def _restore(
     return with_frozen_params(restored, restore_frozen_params(workdir, frozen)), saved, meta
 
 
-def _initial_state(
-    config: ml_collections.ConfigDict, task: Any, mcfg: ModelConfig, optimizer: Any, shardings: Any
-) -> TrainState:
+def _initial_state(settings: RunSettings, optimizer: Any, shardings: Any) -> TrainState:
     """The step-0 state: params from the HF checkpoint (or random), fresh LoRA adapters."""
-    rng = jax.random.PRNGKey(config.seed)
-    if config.model.init == "hf":
+    task, mcfg = settings.task, settings.model
+    rng = jax.random.PRNGKey(settings.seed)
+    if settings.hf_path is not None:
         params = task.load_params(
-            config.model.hf_path, mcfg, jax.random.fold_in(rng, 2), shardings.params
+            settings.hf_path, mcfg, jax.random.fold_in(rng, 2), shardings.params
         )
     else:
         params = jax.jit(lambda r: task.init_params(mcfg, r), out_shardings=shardings.params)(rng)
@@ -200,37 +165,25 @@ def _initial_state(
     return init_state(params, jax.random.fold_in(rng, 1), adapters)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
-    """Run (or resume) training in `workdir`; returns the logged history of this call."""
+def train(settings: RunSettings, workdir: str | Path) -> TrainResult:
+    """Run (or resume) training in `workdir` (settings from `train.settings.run_settings`);
+    returns the logged history of this call."""
     workdir = Path(workdir)
-    validate(config, jax.device_count())
-    # Saved with the run: export and resume read the pooling it trained with.
-    config = copy.deepcopy(config)
-    config.model.pooling = pooling_mode(config)
+    config, mcfg, task, t = settings.config, settings.model, settings.task, settings.train
     check_writable_directory(workdir, "the workdir")
-    mesh = make_mesh((config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
-    mcfg = model_config(config)
-    tokenizer = hf.load_tokenizer(
-        config.model.hf_path if config.model.init == "hf" else config.data.tokenizer
-    )
+    mesh = make_mesh(settings.mesh)
+    tokenizer = hf.load_tokenizer(settings.tokenizer_path)
     if len(tokenizer) > mcfg.vocab_size:
         raise UserInputError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {mcfg.vocab_size}"
         )
-    datasets = load_datasets(config)
-    task = tasks.get(config.model.task)
-    pipeline_config = PipelineConfig.from_mapping(
-        {k: config.data[k] for k in PIPELINE_KEYS}
-        | {"seed": config.seed}
-        | task.pipeline_options(config)
-    )
-    optimizer, schedule = optimizer_from_config(config)
-    t = config.train
-    shardings = state_shardings(mcfg, optimizer, mesh, config.model.task)
+    datasets = load_datasets(settings.data)
+    optimizer, schedule = settings.build_optimizer()
+    shardings = state_shardings(mcfg, optimizer, mesh, task.name)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
     # Looked at before any collective restore or save, so every process decides alike.
     base_saved = has_frozen_params(workdir)
-    state = _initial_state(config, task, mcfg, optimizer, shardings)
+    state = _initial_state(settings, optimizer, shardings)
     data_state, meta, latest = None, {}, None
     resumed = resume_latest(
         checkpointer, workdir, lambda step: _restore(checkpointer, step, state, workdir), config
@@ -251,10 +204,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         with atomic_file(workdir / RUN_CONFIG_NAME) as tmp:
             tmp.write_text(config.to_json(indent=2) + "\n", encoding="utf-8")
     train_step = jit_train_step(
-        make_train_step(mcfg, optimizer, schedule, step_settings(config)), shardings, mesh
+        make_train_step(mcfg, optimizer, schedule, settings.step), shardings, mesh
     )
     iterator = BatchIterator(
-        datasets, tokenizer, pipeline_config, sharding=batch_sharding(mesh), state=data_state
+        datasets, tokenizer, settings.pipeline, sharding=batch_sharding(mesh), state=data_state
     )
     guard = NonFiniteGuard(
         t.nonfinite, t.max_consecutive_nonfinite, mesh, skipped=int(meta.get("skipped_steps", 0))
@@ -264,14 +217,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         total=t.steps, initial=start_step, desc="train", unit="step",
         disable=jax.process_index() != 0,
     )  # fmt: skip
-    evaluator = _Evaluator(config, mcfg, tokenizer, mesh) if t.eval_every else None
+    evaluator = _Evaluator(settings, tokenizer, mesh) if t.eval_every else None
     metrics = MetricsHook(
         t.log_every,
         finite,
         metrics_log,
         progress,
         flops_per_token=architectures.for_config(mcfg).flops_per_token(
-            mcfg, max(config.data.query_max_length, config.data.passage_max_length)
+            mcfg, settings.data.max_length
         ),
         peak_flops=t.peak_flops,
         evaluate=(lambda s: evaluator(merged_params(s, mcfg))) if evaluator else None,

@@ -8,7 +8,6 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from jaxembed.errors import UserInputError
@@ -172,24 +171,3 @@ def create_state(
         adapters=adapters,
         layout=layout,
     )
-
-
-def optimizer_from_config(
-    config: ml_collections.ConfigDict,
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW and its schedule from a training config's `optimizer` and `train` sections (one
-    construction for training and for `jaxembed plan`)."""
-    o, t = config.optimizer, config.train
-    schedule = learning_rate_schedule(
-        o.learning_rate, t.steps, o.warmup_steps, o.decay, o.end_factor
-    )
-    optimizer = make_optimizer(
-        schedule,
-        weight_decay=o.weight_decay,
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        max_grad_norm=o.max_grad_norm,
-        accumulation_steps=o.accumulation_steps,
-    )
-    return optimizer, schedule
