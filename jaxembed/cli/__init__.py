@@ -19,13 +19,16 @@ from jaxembed.cli import (  # the subcommand modules import no JAX at load
     mine,
     plan,
     rerank,
+    synth,
     train,
 )
 from jaxembed.errors import RunStopped, UserInputError, first_line
 from jaxembed.host_memory import retain_freed_memory
 from jaxembed.platforms import prefer_cpu_without_accelerators
 
-SUBCOMMANDS = (encode, demo, train, plan, eval, mine, convert_llama2c, rerank, export, merge)
+SUBCOMMANDS = (
+    encode, demo, train, plan, eval, mine, synth, convert_llama2c, rerank, export, merge,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,196 @@
+"""Chat completions against OpenAI-compatible servers: bounded concurrency, a request-rate
+cap, timeouts, and retries with exponential backoff and jitter.
+
+A request that fails for a reason worth retrying (no connection, timeout, HTTP 408, 409,
+429, 5xx) is retried `retries` times; when those run out the endpoint is taken as down
+(`EndpointFailed`) and the run stops cleanly. Any other HTTP error fails only that request
+(`RequestFailed`, a reject). Servers that refuse `response_format` are asked again without
+it, and from then on never with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jaxembed.errors import UserInputError
+from jaxembed.synth.endpoints import Endpoint
+
+RETRYABLE_STATUS = (408, 409, 429)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    retries: int = 4
+    backoff_s: float = 1.0  # the first retry's delay; doubling, with full jitter
+    max_backoff_s: float = 30.0
+    requests_per_second: float = 0.0  # 0 = no cap
+    max_tokens: int = 512
+    temperature: float = 0.8
+    json_mode: bool = True  # ask for response_format={"type": "json_object"}
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    retries: int
+
+
+class RequestFailed(Exception):
+    """This request cannot succeed (e.g. HTTP 400): a reject, the run goes on."""
+
+
+class EndpointFailed(Exception):
+    """The endpoint kept failing through every retry: the run stops."""
+
+    def __init__(self, endpoint: Endpoint, reason: str):
+        super().__init__(f"{endpoint.url}: {reason}")
+        self.endpoint = endpoint
+        self.reason = reason
+
+
+def describe(error: BaseException) -> str:
+    """One line for an openai or network error."""
+    import openai
+
+    if isinstance(error, openai.APITimeoutError):
+        return "timed out"
+    if isinstance(error, openai.APIConnectionError):
+        cause = error.__cause__ or error.__context__
+        return f"connection failed ({cause or error})".replace("\n", " ")
+    if isinstance(error, openai.APIStatusError):
+        return f"HTTP {error.status_code}: {str(error.message)[:200]}".replace("\n", " ")
+    return f"{type(error).__name__}: {error}".replace("\n", " ")[:300]
+
+
+def _retryable(error: BaseException) -> bool:
+    import openai
+
+    if isinstance(error, openai.APIConnectionError):  # timeouts included
+        return True
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in RETRYABLE_STATUS or error.status_code >= 500
+    return False
+
+
+class _RateCap:
+    """At most `per_second` request starts a second (evenly spaced)."""
+
+    def __init__(self, per_second: float):
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self.next_start = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_start)
+            self.next_start = start + self.interval
+        await asyncio.sleep(start - now)
+
+
+class ChatClient:
+    def __init__(self, endpoints: list[Endpoint], settings: ClientSettings, api_key: str):
+        import openai
+
+        self.settings = settings
+        self.clients = {
+            e.url: openai.AsyncOpenAI(
+                base_url=e.url, api_key=api_key, timeout=settings.timeout_s, max_retries=0
+            )
+            for e in endpoints
+        }
+        self.models: dict[str, str] = {}  # endpoint url -> model asked for
+        self.no_json_mode: set[str] = set()
+        self.slots = asyncio.Semaphore(settings.concurrency)
+        self.rate = _RateCap(settings.requests_per_second)
+        self.jitter = random.Random(0)
+
+    async def check(self, endpoints: list[Endpoint]) -> None:
+        """Every endpoint answers and serves a model (the first it lists, unless named):
+        one line naming the URL otherwise, before any work starts."""
+        for e in endpoints:
+            try:
+                listed = [m.id async for m in self.clients[e.url].models.list()]
+            except Exception as error:  # noqa: BLE001 - reported as the endpoint's fault
+                reason = describe(error)
+                raise UserInputError(f"--endpoint {e.url}: unreachable ({reason})") from None
+            if e.model and listed and e.model not in listed:
+                raise UserInputError(
+                    f"--endpoint {e.url}: model {e.model!r} is not served (it lists "
+                    f"{', '.join(listed[:5])})"
+                )
+            if not e.model and not listed:
+                raise UserInputError(f"--endpoint {e.url}: lists no model; give model=NAME")
+            self.models[e.url] = e.model or listed[0]
+
+    async def complete(self, endpoint: Endpoint, prompt: str) -> Completion:
+        s = self.settings
+        attempt = 0
+        while True:
+            try:
+                async with self.slots:
+                    await self.rate.wait()
+                    response = await self._request(endpoint, prompt)
+                break
+            except Exception as error:  # noqa: BLE001 - sorted into retry, reject or stop
+                if self._drop_json_mode(endpoint, error):
+                    continue
+                if not _retryable(error):
+                    raise RequestFailed(describe(error)) from None
+                if attempt >= s.retries:
+                    reason = f"{describe(error)}, after {attempt} retries"
+                    raise EndpointFailed(endpoint, reason) from None
+                delay = min(s.max_backoff_s, s.backoff_s * 2**attempt)
+                attempt += 1
+                await asyncio.sleep(self.jitter.uniform(0, delay))
+        choice = response.choices[0] if response.choices else None
+        usage = response.usage
+        return Completion(
+            text=(choice.message.content or "") if choice else "",
+            model=self.models[endpoint.url],
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            retries=attempt,
+        )
+
+    async def _request(self, endpoint: Endpoint, prompt: str) -> Any:
+        s = self.settings
+        extra = {}
+        if s.json_mode and endpoint.url not in self.no_json_mode:
+            extra["response_format"] = {"type": "json_object"}
+        return await self.clients[endpoint.url].chat.completions.create(
+            model=self.models[endpoint.url],
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            **extra,
+        )
+
+    def _drop_json_mode(self, endpoint: Endpoint, error: BaseException) -> bool:
+        """True (ask again) when the server refused response_format, the first time."""
+        import openai
+
+        refused = (
+            isinstance(error, openai.BadRequestError | openai.UnprocessableEntityError)
+            and "response_format" in str(error)
+            and endpoint.url not in self.no_json_mode
+            and self.settings.json_mode
+        )
+        if refused:
+            self.no_json_mode.add(endpoint.url)
+        return refused
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()

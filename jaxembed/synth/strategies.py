@@ -1,0 +1,214 @@
+"""What a synth run asks the LLM, and how an answer becomes a training record.
+
+Three strategies (the recipes behind llama-embed-nemotron's synthetic half):
+
+- `seed_corpus` (Qwen3 / Gemini-embedding style): a query for a sampled document; the
+  document is the positive (hard negatives come afterwards from `jaxembed mine`).
+- `from_scratch` (E5-mistral style): step 1 brainstorms retrieval tasks, step 2 writes a
+  (query, positive, hard negative) for a task with sampled attributes.
+- `classification`: step 1 lists classification tasks, step 2 writes a text with its
+  label and misleading labels; the task is the instruction, the correct label the positive,
+  the misleading ones the negatives.
+
+Every item's id, prompt values and endpoint come from `random.Random(f"{seed}:{item id}")`,
+so the same seed asks for the same items whatever ran before (the answers may differ).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jaxembed.data.records import Passage
+from jaxembed.synth.answers import BadAnswer, text_field, text_list
+
+QUERY_TYPES = ("question", "keyword query", "claim to verify", "short request")
+QUERY_LENGTHS = (
+    "short (under 6 words)",
+    "of medium length (6 to 12 words)",
+    "long (12 to 25 words)",
+)
+DIFFICULTIES = (
+    "easy (it may share words with the document)",
+    "hard (paraphrased, few shared words)",
+)
+CLARITY = ("clear", "somewhat ambiguous", "clear but informal")
+PASSAGE_WORDS = (50, 100, 200)
+TEXT_WORDS = (20, 50, 100)
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    step: str  # the template it is asked with
+    values: dict[str, Any]  # the template's placeholder values
+    context: dict[str, Any] = field(default_factory=dict)  # what the record needs besides
+
+
+def item_rng(seed: int, item_id: str) -> random.Random:
+    return random.Random(f"{seed}:{item_id}")
+
+
+class Strategy(Protocol):
+    name: str
+    task_step: str | None  # step 1's template (None: no step 1)
+    item_step: str
+    placeholders: dict[str, frozenset[str]]  # per template
+
+    def task_requests(self, count: int, seed: int) -> list[Item]: ...
+
+    def items(self, tasks: list[str], count: int, seed: int) -> list[Item]: ...
+
+    def record(self, item: Item, answer: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def parse_tasks(answer: dict[str, Any]) -> list[str]:
+    return text_list(answer, "tasks")
+
+
+def _task_requests(step: str, count: int, per_request: int) -> list[Item]:
+    requests = -(-count // per_request)
+    return [Item(f"{step}#{i}", step, {"count": per_request}) for i in range(requests)]
+
+
+def _task_items(step: str, tasks: list[str], count: int, seed: int, values) -> list[Item]:
+    """`count` items spread over the tasks in turn, each with its sampled attributes."""
+    items = []
+    for k in range(count):
+        task_index = k % len(tasks)
+        item_id = f"task{task_index}#{k // len(tasks)}"
+        rng = item_rng(seed, item_id)
+        task = tasks[task_index]
+        items.append(Item(item_id, step, {"task": task, **values(rng)}, {"task": task}))
+    return items
+
+
+class SeedCorpus:
+    name = "seed_corpus"
+    task_step = None
+    item_step = "seed_corpus"
+    placeholders = {"seed_corpus": frozenset({"document", "query_type", "length", "difficulty"})}
+
+    def __init__(self, corpus: dict[str, Passage], instruction: str = "", queries_per_doc: int = 1):
+        self.corpus = corpus
+        self.instruction = instruction
+        self.queries_per_doc = queries_per_doc
+
+    def task_requests(self, count: int, seed: int) -> list[Item]:
+        return []
+
+    def items(self, tasks: list[str], count: int, seed: int) -> list[Item]:
+        ids = sorted(self.corpus)
+        random.Random(seed).shuffle(ids)  # a prefix per count: a larger count extends a run
+        docs = ids[: -(-count // self.queries_per_doc)]
+        items = []
+        for doc_id in docs:
+            doc = self.corpus[doc_id]
+            text = f"{doc.title}\n{doc.text}".strip() if doc.title else doc.text
+            for k in range(self.queries_per_doc):
+                item_id = f"doc:{doc_id}#{k}"
+                rng = item_rng(seed, item_id)
+                values = {
+                    "document": text,
+                    "query_type": rng.choice(QUERY_TYPES),
+                    "length": rng.choice(QUERY_LENGTHS),
+                    "difficulty": rng.choice(DIFFICULTIES),
+                }
+                items.append(Item(item_id, self.item_step, values, {"doc_id": doc_id}))
+        return items[:count]
+
+    def record(self, item: Item, answer: dict[str, Any]) -> dict[str, Any]:
+        doc = self.corpus[item.context["doc_id"]]
+        out = {
+            "query": text_field(answer, "query"),
+            "positives": [{"id": doc.id, "title": doc.title, "text": doc.text}],
+            "negatives": [],
+        }
+        if self.instruction:
+            out["instruction"] = self.instruction
+        return out
+
+
+class FromScratch:
+    name = "from_scratch"
+    task_step = "from_scratch_tasks"
+    item_step = "from_scratch"
+    placeholders = {
+        "from_scratch_tasks": frozenset({"count"}),
+        "from_scratch": frozenset(
+            {"task", "query_type", "query_length", "clarity", "difficulty", "language",
+             "passage_words"}
+        ),
+    }  # fmt: skip
+
+    def __init__(self, tasks_per_request: int = 10, language: str = "English"):
+        self.tasks_per_request = tasks_per_request
+        self.language = language
+
+    def task_requests(self, count: int, seed: int) -> list[Item]:
+        return _task_requests(self.task_step, count, self.tasks_per_request)
+
+    def items(self, tasks: list[str], count: int, seed: int) -> list[Item]:
+        def values(rng: random.Random) -> dict[str, Any]:
+            return {
+                "query_type": rng.choice(QUERY_TYPES),
+                "query_length": rng.choice(QUERY_LENGTHS),
+                "clarity": rng.choice(CLARITY),
+                "difficulty": rng.choice(DIFFICULTIES).split(" (")[0],
+                "language": self.language,
+                "passage_words": rng.choice(PASSAGE_WORDS),
+            }
+
+        return _task_items(self.item_step, tasks, count, seed, values)
+
+    def record(self, item: Item, answer: dict[str, Any]) -> dict[str, Any]:
+        query, positive = text_field(answer, "query"), text_field(answer, "positive")
+        negative = text_field(answer, "hard_negative")
+        if negative == positive:
+            raise BadAnswer("hard_negative equals positive")
+        return {
+            "query": query,
+            "positives": [positive],
+            "negatives": [negative],
+            "instruction": item.context["task"],
+        }
+
+
+class Classification:
+    name = "classification"
+    task_step = "classification_tasks"
+    item_step = "classification"
+    placeholders = {
+        "classification_tasks": frozenset({"count"}),
+        "classification": frozenset({"task", "text_words", "clarity", "num_misleading"}),
+    }
+
+    def __init__(self, tasks_per_request: int = 10, num_misleading: int = 2):
+        self.tasks_per_request = tasks_per_request
+        self.num_misleading = num_misleading
+
+    def task_requests(self, count: int, seed: int) -> list[Item]:
+        return _task_requests(self.task_step, count, self.tasks_per_request)
+
+    def items(self, tasks: list[str], count: int, seed: int) -> list[Item]:
+        def values(rng: random.Random) -> dict[str, Any]:
+            return {
+                "text_words": rng.choice(TEXT_WORDS),
+                "clarity": rng.choice(CLARITY),
+                "num_misleading": self.num_misleading,
+            }
+
+        return _task_items(self.item_step, tasks, count, seed, values)
+
+    def record(self, item: Item, answer: dict[str, Any]) -> dict[str, Any]:
+        text, label = text_field(answer, "text"), text_field(answer, "label")
+        wrong = [m for m in text_list(answer, "misleading_labels") if m.lower() != label.lower()]
+        if not wrong:
+            raise BadAnswer("no misleading label differs from the label")
+        return {
+            "query": text,
+            "positives": [label],
+            "negatives": wrong,
+            "instruction": item.context["task"],
+        }

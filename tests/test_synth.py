@@ -1,0 +1,342 @@
+"""`jaxembed synth` against a scripted OpenAI-compatible server on 127.0.0.1 (the real
+`openai` client, real HTTP): records, rejects, retries, faults, resume, endpoint weights."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from jaxembed.cli import main
+from jaxembed.data.formats import read_training_jsonl
+
+from data_helpers.fake_llm import FakeLLM
+
+TOPICS = [
+    "mitochondria produce ATP through oxidative phosphorylation in the inner membrane",
+    "statins lower LDL cholesterol by inhibiting HMG-CoA reductase in the liver",
+    "vitamin D supplements reduce hip fractures among elderly women in trials",
+    "T cell receptors bind peptides presented on MHC class I molecules",
+    "CRISPR Cas9 cuts DNA at sites chosen by a guide RNA sequence",
+    "insulin resistance precedes type 2 diabetes by several years in cohorts",
+    "the gut microbiome shapes immune responses to oral vaccines in infants",
+    "amyloid beta plaques accumulate in the brains of Alzheimer patients",
+    "aspirin taken daily lowers the risk of a second heart attack",
+    "measles vaccination programs cut childhood mortality in many countries",
+    "telomeres shorten with each cell division until senescence begins",
+    "antibiotic overuse selects for resistant strains of Staphylococcus aureus",
+]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.jsonl"
+    with path.open("w") as f:
+        for i, text in enumerate(TOPICS):
+            f.write(json.dumps({"_id": f"d{i}", "title": f"Study {i}", "text": text}) + "\n")
+    return path
+
+
+def document_of(prompt: str) -> str:
+    return re.search(r'"""\n(.*?)\n"""', prompt, re.S).group(1)
+
+
+def good_query(prompt: str, n: int = 0) -> str:
+    words = document_of(prompt).split("\n")[-1].split()
+    return json.dumps({"query": "what is known about " + " ".join(words[:6])})
+
+
+def synth(*args: str) -> int:
+    return main(["synth", "--quiet", "--backoff", "0.01", *args])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_seed_corpus_records_train_and_carry_provenance(corpus, tmp_path, capsys):
+    out = tmp_path / "synth.jsonl"
+    with FakeLLM(good_query) as llm:
+        code = synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "8",
+                     "--output", str(out), "--instruction", "find the study")  # fmt: skip
+    assert code == 0
+    records = read_jsonl(out)
+    assert len(records) == 8 and len(llm.prompts) == 8
+    parsed = list(read_training_jsonl(out))  # what `jaxembed train` reads
+    for record, rec in zip(records, parsed, strict=True):
+        doc_id = record["positives"][0]["id"]
+        assert TOPICS[int(doc_id[1:])].startswith(rec.query.removeprefix("what is known about "))
+        assert rec.instruction == "find the study"
+        p = record["provenance"]
+        assert (p["strategy"], p["model"], p["prompt"]) == ("seed_corpus", "fake-model",
+                                                             "seed_corpus.v1")  # fmt: skip
+        assert p["item"] == f"doc:{doc_id}#0" and p["endpoint"] == llm.url
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["totals"]["kept"] == 8 and report["totals"]["requests"] == 8
+    assert report["per_model"]["fake-model"]["kept"] == 8
+    assert "8 records kept" in capsys.readouterr().out
+
+
+def test_same_seed_asks_for_the_same_items(corpus, tmp_path):
+    asked = []
+    for run in range(2):
+        with FakeLLM(good_query) as llm:
+            out = tmp_path / f"run{run}.jsonl"
+            assert synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "5",
+                         "--output", str(out), "--seed", "3") == 0  # fmt: skip
+            asked.append(sorted(llm.prompts))
+    assert asked[0] == asked[1]
+
+
+def test_malformed_answers_are_retried_then_rejected_with_the_raw_text(corpus, tmp_path):
+    def respond(prompt, n):
+        if "mitochondria" in prompt:
+            return "Sure! Here is a query: mitochondria energy"  # never JSON
+        if "statins" in prompt:
+            return '{"query": '  # cut off
+        return good_query(prompt)
+
+    out = tmp_path / "synth.jsonl"
+    with FakeLLM(respond) as llm:
+        assert synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "12",
+                     "--output", str(out), "--parse-retries", "2") == 0  # fmt: skip
+    assert len(read_jsonl(out)) == 10
+    rejects = {r["id"]: r for r in read_jsonl(Path(str(out) + ".rejects.jsonl"))}
+    assert set(rejects) == {"doc:d0#0", "doc:d1#0"}
+    assert rejects["doc:d0#0"]["reason"] == "no JSON object"
+    assert rejects["doc:d0#0"]["raw"].startswith("Sure!")
+    assert rejects["doc:d1#0"]["reason"] == "malformed JSON"
+    assert sum("mitochondria" in p for p in llm.prompts) == 3  # asked, then 2 retries
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["rejects_by_reason"] == {"no JSON object": 1, "malformed JSON": 1}
+    assert report["totals"]["parse_retries"] == 4
+
+
+def test_http_errors_and_timeouts_are_retried(corpus, tmp_path):
+    def respond(prompt, n):
+        if n < 2:
+            return 500
+        if n == 2:
+            return 429
+        if n == 3:
+            return ("sleep", 3.0, good_query(prompt))  # past --timeout
+        return good_query(prompt)
+
+    out = tmp_path / "synth.jsonl"
+    with FakeLLM(respond) as llm:
+        assert (
+            synth(
+                "--endpoint",
+                llm.url,
+                "--corpus",
+                str(corpus),
+                "--count",
+                "4",
+                "--output",
+                str(out),
+                "--concurrency",
+                "1",
+                "--timeout",
+                "1",
+            )
+            == 0
+        )
+    assert len(read_jsonl(out)) == 4
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["totals"]["retries"] == 4
+
+
+def test_a_request_the_server_refuses_is_a_reject_not_a_stop(corpus, tmp_path):
+    def respond(prompt, n):
+        return 400 if "statins" in prompt else good_query(prompt)
+
+    out = tmp_path / "synth.jsonl"
+    with FakeLLM(respond) as llm:
+        assert synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "12",
+                     "--output", str(out)) == 0  # fmt: skip
+    (reject,) = read_jsonl(Path(str(out) + ".rejects.jsonl"))
+    assert reject["reason"].startswith("request failed: HTTP 400")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_down_at_start_is_one_line_naming_the_url(corpus, tmp_path, capsys):
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    out = tmp_path / "synth.jsonl"
+    assert synth("--endpoint", url, "--corpus", str(corpus), "--count", "2",
+                 "--output", str(out), "--retries", "1") == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"jaxembed synth: error: --endpoint {url}: unreachable")
+    assert "\n" not in err and not out.exists()
+
+
+def test_server_dying_mid_run_stops_cleanly_and_the_rerun_completes(corpus, tmp_path, capsys):
+    out = tmp_path / "synth.jsonl"
+    args = ["--corpus", str(corpus), "--count", "12", "--output", str(out),
+            "--concurrency", "1", "--batch", "2", "--retries", "2"]  # fmt: skip
+    llm = FakeLLM(good_query).__enter__()
+    url = llm.url
+
+    def respond(prompt, n):
+        if n == 5:
+            threading_stop(llm)
+        return good_query(prompt)
+
+    llm.respond = respond
+    assert synth("--endpoint", url, *args) == 1
+    err = capsys.readouterr().err
+    assert f"endpoint {url} stopped answering" in err and "rerun the same command" in err
+    first = read_jsonl(out)
+    assert 4 <= len(first) <= 6  # what finished before the server went, committed
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with FakeLLM(good_query, port=port) as again:
+        assert synth("--endpoint", again.url, *args) == 0
+    records = read_jsonl(out)
+    items = [r["provenance"]["item"] for r in records]
+    assert len(items) == len(set(items)) == 12
+    assert records[: len(first)] == first
+    assert len(again.prompts) == 12 - len(first)
+
+
+def threading_stop(llm: FakeLLM) -> None:
+    import threading
+
+    threading.Thread(target=llm.stop, daemon=True).start()
+    time.sleep(0.5)
+
+
+def test_kill_9_mid_run_then_restart_gives_every_item_once(corpus, tmp_path):
+    from jaxembed.data.formats import read_beir_corpus
+    from jaxembed.synth.strategies import SeedCorpus
+
+    # The first item asked is a reject, so one is committed early.
+    first = SeedCorpus(read_beir_corpus(corpus)).items([], 12, 0)[0]
+    rejected_doc = TOPICS[int(first.context["doc_id"][1:])]
+
+    def respond(prompt, n):
+        if rejected_doc in prompt:
+            return "not json"
+        return ("sleep", 0.15, good_query(prompt))
+
+    out = tmp_path / "synth.jsonl"
+    with FakeLLM(respond) as llm:
+        command = [sys.executable, "-m", "jaxembed", "synth", "--quiet", "--endpoint", llm.url,
+                   "--corpus", str(corpus), "--count", "12", "--output", str(out),
+                   "--concurrency", "2", "--batch", "2", "--parse-retries", "0"]  # fmt: skip
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        progress = Path(str(out) + ".progress.json")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            sizes = json.loads(progress.read_text())["sizes"] if progress.exists() else {}
+            if sizes.get("records") and sizes.get("rejects") and len(llm.prompts) >= 6:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(llm.prompts) < 12, "the run finished before it was killed"
+        sizes = json.loads(progress.read_text())["sizes"]
+        done = Path(str(out) + ".done.jsonl").read_bytes()[: sizes["done"]].decode()
+        committed = {json.loads(line)["id"] for line in done.splitlines()}
+        assert first.id in committed
+        llm.prompts.clear()
+        assert subprocess.run(command, capture_output=True).returncode == 0
+    records = read_jsonl(out)
+    items = [r["provenance"]["item"] for r in records]
+    assert len(items) == len(set(items)) == 11  # every item once; one is the reject
+    assert [r["id"] for r in read_jsonl(Path(str(out) + ".rejects.jsonl"))] == [first.id]
+    # The restart asked for exactly what was not committed, each once: the reject and
+    # every committed record never again, what was in flight at the kill again.
+    asked = Counter(document_of(p) for p in llm.prompts)
+    assert all(n == 1 for n in asked.values()) and len(asked) == 12 - len(committed)
+    assert rejected_doc not in "".join(asked)
+
+
+def test_two_endpoints_share_items_by_weight(tmp_path):
+    answers = itertools.count()  # unique texts across both servers
+
+    def respond(prompt, n):
+        if "Brainstorm" in prompt:
+            return json.dumps({"tasks": ["t1", "t2"]})
+        return _classification(prompt, next(answers))
+
+    heavy = FakeLLM(respond, model="heavy")
+    light = FakeLLM(heavy.respond, model="light")
+    out = tmp_path / "cls.jsonl"
+    with heavy, light:
+        assert synth("--strategy", "classification", "--endpoint", f"{heavy.url},weight=3",
+                     "--endpoint", f"{light.url},weight=1", "--count", "200",
+                     "--output", str(out), "--num-tasks", "2", "--tasks-per-request", "2",
+                     "--near-duplicate", "0", "--concurrency", "16",
+                     "--batch", "50") == 0  # fmt: skip
+    models = Counter(r["provenance"]["model"] for r in read_jsonl(out))
+    assert sum(models.values()) == 200
+    # Binomial(200, 0.25): mean 50, sd 6.1; 4 sd either side.
+    assert 25 <= models["light"] <= 75 and models["heavy"] == 200 - models["light"]
+
+
+def _classification(prompt: str, n: int) -> str:
+    task = re.search(r"task: (.*)\n", prompt).group(1)
+    return json.dumps({"text": f"example number {n} for {task}", "label": "yes",
+                       "misleading_labels": ["no", "maybe"]})  # fmt: skip
+
+
+def test_two_step_strategies_make_instructed_records(tmp_path):
+    def respond(prompt, n):
+        if "Brainstorm" in prompt:
+            return json.dumps({"tasks": ["Given a claim, retrieve evidence.",
+                                         "Given a symptom, find a diagnosis."]})  # fmt: skip
+        task = re.search(r"task: (.*)\n", prompt).group(1)
+        return json.dumps({"query": f"query {n} for {task}", "positive": f"answer {n}",
+                           "hard_negative": f"near miss {n}"})  # fmt: skip
+
+    out = tmp_path / "fs.jsonl"
+    with FakeLLM(respond) as llm:
+        assert (
+            synth(
+                "--strategy",
+                "from_scratch",
+                "--endpoint",
+                llm.url,
+                "--count",
+                "6",
+                "--output",
+                str(out),
+                "--num-tasks",
+                "2",
+                "--near-duplicate",
+                "0",
+            )
+            == 0
+        )
+    records = list(read_training_jsonl(out))
+    assert len(records) == 6
+    assert Counter(r.instruction for r in records) == {
+        "Given a claim, retrieve evidence.": 3, "Given a symptom, find a diagnosis.": 3,
+    }  # fmt: skip
+    assert all(r.negatives[0].text.startswith("near miss") for r in records)
+    tasks = json.loads(Path(str(out) + ".tasks.json").read_text())["tasks"]
+    assert len(tasks) == 2
+
+
+def test_bad_prompt_template_names_the_file_and_the_placeholder(corpus, tmp_path, capsys):
+    template = tmp_path / "mine.txt"
+    template.write_text("Write a {query_type} query for: {document}\n")
+    code = synth("--endpoint", "http://127.0.0.1:9/v1", "--corpus", str(corpus), "--count",
+                 "1", "--output", str(tmp_path / "o.jsonl"),
+                 "--prompt", f"seed_corpus={template}")  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{template}: missing placeholder {{difficulty}}, {{length}}" in err
