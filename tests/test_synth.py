@@ -340,3 +340,29 @@ def test_bad_prompt_template_names_the_file_and_the_placeholder(corpus, tmp_path
     assert code == 2
     err = capsys.readouterr().err
     assert f"{template}: missing placeholder {{difficulty}}, {{length}}" in err
+
+
+def test_round_trip_keeps_queries_the_teacher_finds_their_document_for(
+    corpus, tmp_path, minilm_dir
+):
+    """Gecko's filter with the real all-MiniLM-L6-v2: a query about another document's
+    topic does not find its seed document first, and is dropped."""
+
+    def respond(prompt, n):
+        if "telomeres" in document_of(prompt):  # a query about the aspirin study instead
+            return json.dumps({"query": "does daily aspirin prevent a second heart attack"})
+        return good_query(prompt)
+
+    out = tmp_path / "synth.jsonl"
+    with FakeLLM(respond) as llm:
+        assert synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "12",
+                     "--output", str(out), "--teacher", str(minilm_dir),
+                     "--teacher-top-k", "1") == 0  # fmt: skip
+    records = read_jsonl(out)
+    assert len(records) == 11
+    assert all(r["provenance"]["teacher_rank"] == 0 for r in records)
+    done = read_jsonl(Path(str(out) + ".done.jsonl"))
+    assert [d["id"] for d in done if d["outcome"] == "filtered: round trip"] == ["doc:d10#0"]
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["filtered_by_rule"] == {"round trip": 1}
+    assert report["totals"]["kept"] == 11 and report["totals"]["round_trip_checked"] == 12

@@ -52,6 +52,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--near-duplicate", type=float, default=0.85,
         help="drop queries this similar (5-gram Jaccard, MinHash) to a kept one; 0 = off",
     )  # fmt: skip
+    p.add_argument(
+        "--teacher", default=None,
+        help="seed_corpus: keep a query only if this embedder (a local HF directory) "
+        "ranks its seed document in the top --teacher-top-k (Gecko's round trip)",
+    )  # fmt: skip
+    p.add_argument("--teacher-top-k", type=int, default=10)
+    p.add_argument("--teacher-max-length", type=int, default=256)
     p.add_argument("--batch", type=int, default=16, help="items per atomic commit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -93,7 +100,7 @@ def run(args: argparse.Namespace) -> None:
     filters = FilterSettings(args.min_query_words, args.max_query_words, args.near_duplicate)
     report = run_synth(
         strategy, templates, endpoints, client, api_key(args.api_key_env), args.output,
-        options, filters,
+        options, filters, round_trip(args, strategy),
     )  # fmt: skip
     totals = report["totals"]
     print(
@@ -101,6 +108,21 @@ def run(args: argparse.Namespace) -> None:
         f"{totals.get('filtered', 0)} filtered, in {args.output} (report: "
         f"{args.output}.report.json)"
     )
+
+
+def round_trip(args: argparse.Namespace, strategy):
+    if args.teacher is None:
+        return None
+    if args.strategy != "seed_corpus":
+        raise UserInputError("--teacher checks a query against its seed document: seed_corpus only")
+    if args.teacher_top_k < 1:
+        raise UserInputError(f"--teacher-top-k {args.teacher_top_k}: must be >= 1")
+    from jaxembed.synth.round_trip import RoundTrip
+
+    return RoundTrip(
+        args.teacher, strategy.corpus, args.teacher_top_k, args.teacher_max_length,
+        show_progress=not args.quiet,
+    )  # fmt: skip
 
 
 def build_strategy(args: argparse.Namespace):

@@ -54,6 +54,7 @@ def run_synth(
     output: str | Path,
     options: RunOptions,
     filter_settings: FilterSettings | None = None,
+    round_trip: Any = None,
 ) -> dict[str, Any]:
     """Generate into `output` (resuming what is there); returns the report."""
     run_key = {
@@ -65,17 +66,18 @@ def run_synth(
     store = SynthStore(output, run_key)
     return asyncio.run(
         _Run(strategy, templates, endpoints, client_settings, api_key, store, options,
-             filter_settings or FilterSettings()).main()
+             filter_settings or FilterSettings(), round_trip).main()
     )  # fmt: skip
 
 
 class _Run:
     def __init__(self, strategy, templates, endpoints, client_settings, api_key, store,
-                 options: RunOptions, filter_settings) -> None:  # fmt: skip
+                 options: RunOptions, filter_settings, round_trip) -> None:  # fmt: skip
         self.strategy, self.templates, self.endpoints = strategy, templates, endpoints
         self.client_settings, self.api_key = client_settings, api_key
         self.store, self.options = store, options
         self.filter_settings = filter_settings
+        self.round_trip = round_trip  # a RoundTrip (round_trip.py), or None
 
     def _resume(self) -> None:
         """The output's progress (files cut back to it), the filter refilled with the kept
@@ -253,11 +255,36 @@ class _Run:
     def _commit(self, batch: dict[str, list]) -> None:
         if not batch["done"]:
             return
+        if self.round_trip is not None and batch["records"]:
+            self._check_round_trip(batch)
         self.progress.counts = self._counts()
         self.store.commit(self.progress, batch["records"], batch["rejects"], batch["done"])
         for rows in batch.values():
             rows.clear()
         self._report(None)
+
+    def _check_round_trip(self, batch: dict[str, list]) -> None:
+        """Drop the batch's records whose seed document the teacher ranks below top k."""
+        records = batch["records"]
+        ranks = self.round_trip.ranks(records)
+        failed = set()
+        for record, rank in zip(records, ranks, strict=True):
+            record["provenance"]["teacher_rank"] = rank
+            if rank >= self.round_trip.top_k:
+                failed.add(record["provenance"]["item"])
+                per_model = self.per_model[record["provenance"]["model"]]
+                per_model["kept"] -= 1
+                per_model["filtered"] += 1
+        self.totals["round_trip_checked"] += len(records)
+        if not failed:
+            return
+        batch["records"] = [r for r in records if r["provenance"]["item"] not in failed]
+        for done in batch["done"]:
+            if done["id"] in failed:
+                done["outcome"] = "filtered: round trip"
+        self.totals["kept"] -= len(failed)
+        self.totals["filtered"] += len(failed)
+        self.filtered_by_rule["round trip"] += len(failed)
 
     def _counts(self) -> dict[str, Any]:
         return {
