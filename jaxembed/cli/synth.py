@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="training JSONL (sidecar files beside it)")
     p.add_argument("--corpus", help="seed_corpus: BEIR corpus.jsonl to sample documents from")
     p.add_argument("--queries-per-doc", type=int, default=1)
+    p.add_argument("--max-document-words", type=int, default=400, help="seed_corpus: cut to")
     p.add_argument("--instruction", default="", help="seed_corpus: the records' instruction")
     p.add_argument("--num-tasks", type=int, default=20, help="two-step strategies: step 1")
     p.add_argument("--tasks-per-request", type=int, default=10)
@@ -136,7 +137,9 @@ def build_strategy(args: argparse.Namespace):
         corpus = read_beir_corpus(args.corpus)
         if not corpus:
             raise UserInputError(f"{args.corpus}: no documents")
-        return strategies.SeedCorpus(corpus, args.instruction, args.queries_per_doc)
+        return strategies.SeedCorpus(
+            corpus, args.instruction, args.queries_per_doc, args.max_document_words
+        )
     if args.strategy == "from_scratch":
         return strategies.FromScratch(args.tasks_per_request, args.language)
     return strategies.Classification(args.tasks_per_request, args.num_misleading)

@@ -90,10 +90,17 @@ class SeedCorpus:
     item_step = "seed_corpus"
     placeholders = {"seed_corpus": frozenset({"document", "query_type", "length", "difficulty"})}
 
-    def __init__(self, corpus: dict[str, Passage], instruction: str = "", queries_per_doc: int = 1):
+    def __init__(
+        self,
+        corpus: dict[str, Passage],
+        instruction: str = "",
+        queries_per_doc: int = 1,
+        max_document_words: int = 400,
+    ):
         self.corpus = corpus
         self.instruction = instruction
         self.queries_per_doc = queries_per_doc
+        self.max_document_words = max_document_words
 
     def task_requests(self, count: int, seed: int) -> list[Item]:
         return []
@@ -106,6 +113,8 @@ class SeedCorpus:
         for doc_id in docs:
             doc = self.corpus[doc_id]
             text = f"{doc.title}\n{doc.text}".strip() if doc.title else doc.text
+            # Long documents cost prompt tokens and a small model's attention alike.
+            text = " ".join(text.split(" ")[: self.max_document_words])
             for k in range(self.queries_per_doc):
                 item_id = f"doc:{doc_id}#{k}"
                 rng = item_rng(seed, item_id)
