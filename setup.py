@@ -16,9 +16,11 @@ CORE = [
     "tokenizers>=0.20",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
-    # `jaxembed synth`: the OpenAI-compatible client and MinHash near-duplicate removal.
+    # `jaxembed synth`: the OpenAI-compatible client, MinHash near-duplicate removal, and
+    # mending the almost-JSON that small models write.
     "openai>=1.40",
     "datasketch>=1.6",
+    "json-repair>=0.30",
 ]
 
 TEST = [

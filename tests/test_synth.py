@@ -366,3 +366,38 @@ def test_round_trip_keeps_queries_the_teacher_finds_their_document_for(
     report = json.loads(Path(str(out) + ".report.json").read_text())
     assert report["filtered_by_rule"] == {"round trip": 1}
     assert report["totals"]["kept"] == 11 and report["totals"]["round_trip_checked"] == 12
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ('{"query": "statins and LDL"}', {"query": "statins and LDL"}),
+        ('Sure!\n```json\n{"query": "statins and LDL",\n}\n```', {"query": "statins and LDL"}),
+        # max_tokens ran out inside a later field: the closed ones are kept
+        ('{\n "query": "statins and LDL",\n "data": {"type": "js', {"query": "statins and LDL"}),
+    ],
+)
+def test_almost_json_is_mended(answer, expected):
+    from jaxembed.synth.answers import parse_object
+
+    assert {k: v for k, v in parse_object(answer).items() if v} == expected
+
+
+@pytest.mark.parametrize(
+    "answer, reason",
+    [("no braces at all", "no JSON object"), ('{"query": "cut off in the mid', "malformed JSON"),
+     ('{"query": ', "malformed JSON"), ("[1, 2]", "no JSON object")],
+)  # fmt: skip
+def test_answers_that_cannot_be_mended_are_bad(answer, reason):
+    from jaxembed.synth.answers import BadAnswer, parse_object
+
+    with pytest.raises(BadAnswer, match=reason):
+        parse_object(answer)
+
+
+def test_step_one_tasks_may_come_as_objects():
+    from jaxembed.synth.strategies import parse_tasks
+
+    answer = {"tasks": [{"id": 1, "description": "Find trials of a drug."}, "Find reviews.",
+                        {"name": "x", "task": "Find guidelines."}, {"id": 3}]}  # fmt: skip
+    assert parse_tasks(answer) == ["Find trials of a drug.", "Find reviews.", "Find guidelines."]

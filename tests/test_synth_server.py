@@ -73,7 +73,7 @@ def _check_run(out: Path, count: int) -> list:
     return records
 
 
-COMMON = ["synth", "--quiet", "--max-tokens", "48", "--temperature", "0.3",
+COMMON = ["synth", "--quiet", "--max-tokens", "160", "--temperature", "0.3",
           "--concurrency", "2", "--parse-retries", "2", "--near-duplicate", "0"]  # fmt: skip
 
 
@@ -101,12 +101,18 @@ def test_seed_corpus_on_scifact_then_train(server, scifact_docs, minilm_dir, tmp
 def test_two_step_strategies_against_the_real_server(server, tmp_path, strategy):
     out = tmp_path / f"{strategy}.jsonl"
     args = ["--strategy", strategy, "--endpoint", server, "--count", "3", "--num-tasks", "3",
-            "--tasks-per-request", "3", "--max-tokens", "96", "--output", str(out)]  # fmt: skip
+            "--tasks-per-request", "3", "--output", str(out)]  # fmt: skip
     code = main([*COMMON, *args])
-    if code == 1:  # step 1 gave no task at all: the stop is the clean one, with its reasons
-        assert not out.exists()
+    rejects_path = Path(str(out) + ".rejects.jsonl")
+    if code == 1:  # step 1 gave no task at all: a clean stop, its answers in the rejects
+        rejects = [json.loads(x) for x in rejects_path.read_text().splitlines()]
+        assert rejects and all(r["step"].endswith("_tasks") and r["reason"] for r in rejects)
+        assert not out.exists() or not out.read_text()
         return
     assert code == 0
     tasks = json.loads(Path(str(out) + ".tasks.json").read_text())["tasks"]
+    assert tasks and all(isinstance(t, str) and t for t in tasks)
+    # A 135M model rarely writes step 2's several fields right: what it does write must
+    # be a valid instructed record, and every other item a reject with its raw answer.
     records = _check_run(out, 3)
     assert all(r.instruction in tasks for r in records)

@@ -124,8 +124,13 @@ class _Run:
                 if normalized(task) not in seen:
                     seen.add(normalized(task))
                     tasks.append(task)
+        rejects = [o.reject for o in answers if o.reject]
+        if rejects:  # with their raw text, as any reject
+            self.store.commit(self.progress, [], rejects, [])
+            for reject in rejects:
+                self.rejects_by_reason[_reason_key(reject["reason"])] += 1
         if not tasks:
-            reasons = "; ".join(sorted({o.reject["reason"] for o in answers if o.reject}))
+            reasons = "; ".join(sorted({r["reason"] for r in rejects}))
             raise RunStopped(f"step 1 ({self.strategy.task_step}) produced no task: {reasons}")
         tasks = tasks[: self.options.num_tasks]
         self.store.save_tasks(tasks)
@@ -163,8 +168,13 @@ class _Run:
         return outcome
 
     def _parse_record(self, item: Item):
+        template = normalized(self.templates[item.step].text)
+
         def parse(answer: dict[str, Any]) -> dict[str, Any]:
             record = self.strategy.record(item, answer)
+            # Small models echo the prompt's example instead of writing their own.
+            if normalized(record["query"]) in template:
+                raise BadAnswer("copied from the prompt")
             try:  # what `jaxembed train` will read: the same checks
                 parse_training_record(record, "jsonl")
             except ValueError as e:  # DataFormatError's record check

@@ -55,6 +55,8 @@ class SynthStore:
                         f"{self.progress_path.name}); refusing to overwrite"
                     )
             self.output.parent.mkdir(parents=True, exist_ok=True)
+            for path in self.paths.values():
+                path.touch()  # a run that keeps nothing still leaves its (empty) output
             return Progress()
         try:
             saved = json.loads(self.progress_path.read_text(encoding="utf-8"))

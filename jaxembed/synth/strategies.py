@@ -63,8 +63,22 @@ class Strategy(Protocol):
     def record(self, item: Item, answer: dict[str, Any]) -> dict[str, Any]: ...
 
 
+TASK_KEYS = ("task", "description", "text", "name")
+
+
 def parse_tasks(answer: dict[str, Any]) -> list[str]:
+    """Step 1's tasks: strings, or objects whose task, description, text or name is one
+    (the shape models often give a list of tasks, asked for strings or not)."""
+    tasks = answer.get("tasks")
+    if isinstance(tasks, list):
+        answer = {"tasks": [_task_text(t) for t in tasks]}
     return text_list(answer, "tasks")
+
+
+def _task_text(task: Any) -> Any:
+    if isinstance(task, dict):
+        return next((task[k] for k in TASK_KEYS if isinstance(task.get(k), str)), None)
+    return task
 
 
 def _task_requests(step: str, count: int, per_request: int) -> list[Item]:
