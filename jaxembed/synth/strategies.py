@@ -81,21 +81,33 @@ def _task_text(task: Any) -> Any:
     return task
 
 
-def _task_requests(step: str, count: int, per_request: int) -> list[Item]:
-    requests = -(-count // per_request)
-    return [Item(f"{step}#{i}", step, {"count": per_request}) for i in range(requests)]
+class _TwoStep:
+    """Step 1 asks `tasks_per_request` tasks a request; step 2 spreads `count` items over
+    the tasks in turn, each with the attributes `item_values` samples."""
 
+    task_step: str
+    item_step: str
+    tasks_per_request: int
 
-def _task_items(step: str, tasks: list[str], count: int, seed: int, values) -> list[Item]:
-    """`count` items spread over the tasks in turn, each with its sampled attributes."""
-    items = []
-    for k in range(count):
-        task_index = k % len(tasks)
-        item_id = f"task{task_index}#{k // len(tasks)}"
-        rng = item_rng(seed, item_id)
-        task = tasks[task_index]
-        items.append(Item(item_id, step, {"task": task, **values(rng)}, {"task": task}))
-    return items
+    def task_requests(self, count: int, seed: int) -> list[Item]:
+        step, per_request = self.task_step, self.tasks_per_request
+        return [
+            Item(f"{step}#{i}", step, {"count": per_request})
+            for i in range(-(-count // per_request))
+        ]
+
+    def items(self, tasks: list[str], count: int, seed: int) -> list[Item]:
+        items = []
+        for k in range(count):
+            task_index = k % len(tasks)
+            item_id = f"task{task_index}#{k // len(tasks)}"
+            task = tasks[task_index]
+            values = {"task": task, **self.item_values(item_rng(seed, item_id))}
+            items.append(Item(item_id, self.item_step, values, {"task": task}))
+        return items
+
+    def item_values(self, rng: random.Random) -> dict[str, Any]:
+        raise NotImplementedError
 
 
 class SeedCorpus:
@@ -153,7 +165,7 @@ class SeedCorpus:
         return out
 
 
-class FromScratch:
+class FromScratch(_TwoStep):
     name = "from_scratch"
     task_step = "from_scratch_tasks"
     item_step = "from_scratch"
@@ -169,21 +181,15 @@ class FromScratch:
         self.tasks_per_request = tasks_per_request
         self.language = language
 
-    def task_requests(self, count: int, seed: int) -> list[Item]:
-        return _task_requests(self.task_step, count, self.tasks_per_request)
-
-    def items(self, tasks: list[str], count: int, seed: int) -> list[Item]:
-        def values(rng: random.Random) -> dict[str, Any]:
-            return {
-                "query_type": rng.choice(QUERY_TYPES),
-                "query_length": rng.choice(QUERY_LENGTHS),
-                "clarity": rng.choice(CLARITY),
-                "difficulty": rng.choice(DIFFICULTIES).split(" (")[0],
-                "language": self.language,
-                "passage_words": rng.choice(PASSAGE_WORDS),
-            }
-
-        return _task_items(self.item_step, tasks, count, seed, values)
+    def item_values(self, rng: random.Random) -> dict[str, Any]:
+        return {
+            "query_type": rng.choice(QUERY_TYPES),
+            "query_length": rng.choice(QUERY_LENGTHS),
+            "clarity": rng.choice(CLARITY),
+            "difficulty": rng.choice(DIFFICULTIES).split(" (")[0],
+            "language": self.language,
+            "passage_words": rng.choice(PASSAGE_WORDS),
+        }
 
     def record(self, item: Item, answer: dict[str, Any]) -> dict[str, Any]:
         query, positive = text_field(answer, "query"), text_field(answer, "positive")
@@ -198,7 +204,7 @@ class FromScratch:
         }
 
 
-class Classification:
+class Classification(_TwoStep):
     name = "classification"
     task_step = "classification_tasks"
     item_step = "classification"
@@ -211,18 +217,12 @@ class Classification:
         self.tasks_per_request = tasks_per_request
         self.num_misleading = num_misleading
 
-    def task_requests(self, count: int, seed: int) -> list[Item]:
-        return _task_requests(self.task_step, count, self.tasks_per_request)
-
-    def items(self, tasks: list[str], count: int, seed: int) -> list[Item]:
-        def values(rng: random.Random) -> dict[str, Any]:
-            return {
-                "text_words": rng.choice(TEXT_WORDS),
-                "clarity": rng.choice(CLARITY),
-                "num_misleading": self.num_misleading,
-            }
-
-        return _task_items(self.item_step, tasks, count, seed, values)
+    def item_values(self, rng: random.Random) -> dict[str, Any]:
+        return {
+            "text_words": rng.choice(TEXT_WORDS),
+            "clarity": rng.choice(CLARITY),
+            "num_misleading": self.num_misleading,
+        }
 
     def record(self, item: Item, answer: dict[str, Any]) -> dict[str, Any]:
         text, label = text_field(answer, "text"), text_field(answer, "label")
