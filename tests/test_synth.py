@@ -401,3 +401,14 @@ def test_step_one_tasks_may_come_as_objects():
     answer = {"tasks": [{"id": 1, "description": "Find trials of a drug."}, "Find reviews.",
                         {"name": "x", "task": "Find guidelines."}, {"id": 3}]}  # fmt: skip
     assert parse_tasks(answer) == ["Find trials of a drug.", "Find reviews.", "Find guidelines."]
+
+
+def test_the_rate_cap_spaces_request_starts(corpus, tmp_path):
+    """--rate 10 with 4 requests in flight: starts at least ~0.1 s apart (a client-side
+    spacing, so the server sees them no closer than that, less scheduling jitter)."""
+    with FakeLLM(good_query) as llm:
+        assert synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "6",
+                     "--output", str(tmp_path / "o.jsonl"), "--concurrency", "4",
+                     "--rate", "10") == 0  # fmt: skip
+    gaps = [b - a for a, b in zip(llm.arrivals, llm.arrivals[1:], strict=False)]
+    assert len(gaps) == 5 and min(gaps) > 0.07

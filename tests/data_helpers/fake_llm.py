@@ -27,6 +27,7 @@ class FakeLLM:
         self.respond = respond
         self.model = model
         self.prompts: list[str] = []
+        self.arrivals: list[float] = []  # when each request came in (time.monotonic)
         self.lock = threading.Lock()
         server = self
 
@@ -57,6 +58,7 @@ class FakeLLM:
                 with server.lock:
                     n = len(server.prompts)
                     server.prompts.append(prompt)
+                    server.arrivals.append(time.monotonic())
                 answer = server.respond(prompt, n)
                 if isinstance(answer, tuple):
                     _, seconds, answer = answer
