@@ -72,9 +72,16 @@ def run(args: argparse.Namespace) -> None:
     from jaxembed.synth.filters import FilterSettings
     from jaxembed.synth.runner import RunOptions, run_synth
 
-    for name in ("count", "concurrency", "batch", "num_tasks", "tasks_per_request"):
+    positive = ("count", "concurrency", "batch", "num_tasks", "tasks_per_request",
+                "queries_per_doc", "max_document_words", "num_misleading",
+                "max_tokens")  # fmt: skip
+    for name in positive:
         if getattr(args, name) < 1:
             raise UserInputError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if args.retries < 0 or args.parse_retries < 0 or args.timeout <= 0 or args.rate < 0:
+        raise UserInputError(
+            "--retries and --parse-retries must be >= 0, --timeout > 0 and --rate >= 0"
+        )
     if not 0 <= args.near_duplicate < 1:
         raise UserInputError(f"--near-duplicate {args.near_duplicate}: must be in [0, 1)")
     endpoints = [parse_endpoint(spec) for spec in args.endpoint]
