@@ -91,20 +91,9 @@ def teacher_sources(
         encoder = Encoder.from_pretrained(model_dir, mesh=mesh, dtype=dtype)
 
         def encode_queries(start: int, stop: int, encoder=encoder) -> np.ndarray:
-            out = None
-            instructions = task.instructions[start:stop]
-            # One encode call per instruction: it formats every text of a call the same way.
-            for instruction in dict.fromkeys(instructions):
-                rows = [i for i, x in enumerate(instructions) if x == instruction]
-                emb = encoder.encode(
-                    [task.query_texts[start + i] for i in rows],
-                    instruction=instruction or None,
-                    **kw,
-                )
-                if out is None:
-                    out = np.zeros((stop - start, emb.shape[1]), np.float32)
-                out[rows] = emb
-            return out
+            return encoder.encode_per_instruction(
+                task.query_texts[start:stop], task.instructions[start:stop], **kw
+            )
 
         def encode_corpus(start: int, stop: int, encoder=encoder) -> np.ndarray:
             return encoder.encode(texts[start:stop], **kw)

@@ -317,3 +317,17 @@ class Encoder:
             desc="encode",
             show_progress=show_progress,
         )
+
+    def encode_per_instruction(
+        self, texts: Sequence[str], instructions: Sequence[str | None], **kwargs: Any
+    ) -> np.ndarray:
+        """`encode` of each text with its own instruction (one call per distinct one: a
+        call formats all its texts alike), rows in input order."""
+        out = None
+        for instruction in dict.fromkeys(instructions):
+            rows = [i for i, x in enumerate(instructions) if x == instruction]
+            emb = self.encode([texts[i] for i in rows], instruction=instruction or None, **kwargs)
+            if out is None:
+                out = np.zeros((len(texts), emb.shape[1]), np.float32)
+            out[rows] = emb
+        return out

@@ -36,14 +36,12 @@ class RoundTrip:
     def ranks(self, records: list[dict[str, Any]]) -> list[int]:
         """Each record's seed document's rank (0 = first) for the record's query, the
         query encoded with the record's instruction as in training."""
-        queries = np.zeros((len(records), self.documents.shape[1]), np.float32)
-        instructions = [r.get("instruction") or None for r in records]
-        for instruction in dict.fromkeys(instructions):
-            rows = [i for i, x in enumerate(instructions) if x == instruction]
-            texts = [records[i]["query"] for i in rows]
-            queries[rows] = self.encoder.encode(
-                texts, instruction=instruction, show_progress=False, **self.kw
-            )
+        queries = self.encoder.encode_per_instruction(
+            [r["query"] for r in records],
+            [r.get("instruction") for r in records],
+            show_progress=False,
+            **self.kw,
+        )
         scores = queries @ self.documents.T
         own_rows = [self.row[r["positives"][0]["id"]] for r in records]
         own = scores[np.arange(len(records)), own_rows]

@@ -78,6 +78,8 @@ class _Run:
         self.store, self.options = store, options
         self.filter_settings = filter_settings
         self.round_trip = round_trip  # a RoundTrip (round_trip.py), or None
+        # For the "copied from the prompt" check, once rather than per item.
+        self.normalized_templates = {k: normalized(t.text) for k, t in templates.items()}
 
     def _resume(self) -> None:
         """The output's progress (files cut back to it), the filter refilled with the kept
@@ -168,7 +170,7 @@ class _Run:
         return outcome
 
     def _parse_record(self, item: Item):
-        template = normalized(self.templates[item.step].text)
+        template = self.normalized_templates[item.step]
 
         def parse(answer: dict[str, Any]) -> dict[str, Any]:
             record = self.strategy.record(item, answer)
