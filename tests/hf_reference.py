@@ -131,12 +131,22 @@ def gradient_step(config, params, batch, settings, adapters=None):
 def backbone_gradients(config, grads, named_parameters) -> tuple[dict, dict]:
     """jaxembed's gradient and PyTorch's of every backbone tensor, both in our layout, by HF
     tensor name (`named_parameters`: the torch backbone's, after `backward()`)."""
+    return paired_tensors(
+        config,
+        grads,
+        {n: p.grad.numpy() for n, p in named_parameters.items() if p.grad is not None},
+    )
+
+
+def paired_tensors(config, tree, torch_tensors: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Every backbone tensor of a jaxembed tree (params, gradients) and of PyTorch's arrays
+    by HF tensor name, both in our layout, keyed by HF name."""
     from jaxembed.hf_directory import hf_tensors
     from jaxembed.run_steps import lookup
 
     ours, ref = {}, {}
     for tensor in hf_tensors(config):
-        g = np.asarray(lookup(grads, tensor.wmap.path))
+        g = np.asarray(lookup(tree, tensor.wmap.path))
         ours[tensor.name] = g if tensor.layer is None else g[tensor.layer]
-        ref[tensor.name] = tensor.wmap.to_ours(named_parameters[tensor.name].grad.numpy())
+        ref[tensor.name] = tensor.wmap.to_ours(torch_tensors[tensor.name])
     return ours, ref
