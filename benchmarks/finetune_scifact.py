@@ -11,8 +11,9 @@ The recipe (the usual first fine-tune of a small BERT embedder on one's own data
    MultipleNegativesRankingLoss at scale 20), batch 16 (no duplicate texts in a batch),
    AdamW lr 2e-5 with 10% linear warm-up then linear decay, no weight decay (the HF
    Trainer's default), gradient clipping at 1.0, 2 epochs over the 809 train queries (one
-   row a query: its first positive, its 4 negatives). Queries are cut to 64 tokens,
-   passages to `--max-length` (default 128: two trainings of SciFact's long abstracts at
+   row a query: its first positive, its 4 negatives). Passages are title, a space, the body
+   (MTEB's convention, what `jaxembed eval` scores) for both trainers; queries and passages
+   are cut to `--max-length` (default 128: two trainings of SciFact's long abstracts at
    256 tokens take well over an hour on 2 CPU cores).
 3. Evaluation: SciFact test (300 queries, 5,183 documents) nDCG@10 and Recall@100 of the
    base model and of both fine-tuned models, each with `jaxembed eval` at 256 tokens (the
@@ -38,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 
 ST_TRAINER = r"""
@@ -54,18 +57,33 @@ rows = [json.loads(line) for line in open(rows_path)]
 columns = {"anchor": [r["anchor"] for r in rows], "positive": [r["positive"] for r in rows]}
 for j in range(settings["negatives"]):
     columns[f"negative_{j + 1}"] = [r["negatives"][j] for r in rows]
+batches = settings.get("batches")
+
+
+class FixedBatches:  # jaxembed's batches in its order: the whole run as one "epoch"
+
+    def __init__(self, dataset, **_):
+        pass
+
+    def __iter__(self):
+        return iter(batches)
+
+    def __len__(self):
+        return len(batches)
+
+
 model = SentenceTransformer(base, device="cpu")
 model.max_seq_length = settings["max_length"]
 args = SentenceTransformerTrainingArguments(
     output_dir=out + ".trainer",
-    num_train_epochs=settings["epochs"],
+    num_train_epochs=1 if batches else settings["epochs"],
     per_device_train_batch_size=settings["batch"],
     learning_rate=settings["lr"],
     warmup_ratio=settings["warmup"],
     lr_scheduler_type="linear",
     weight_decay=0.0,
     max_grad_norm=1.0,
-    batch_sampler=BatchSamplers.NO_DUPLICATES,
+    batch_sampler=FixedBatches if batches else BatchSamplers.NO_DUPLICATES,
     save_strategy="no",
     logging_steps=10,
     report_to=[],
@@ -90,6 +108,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-length", type=int, default=256, help="tokens per text in eval")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="both trainers' seed (data order)")
+    p.add_argument(
+        "--st-batches",
+        choices=("no-duplicates", "jaxembed"),
+        default="no-duplicates",
+        help="the trainer's batches: its NO_DUPLICATES sampler, or jaxembed's very batches "
+        "(same rows, same order: then only dropout's random masks differ)",
+    )
+    p.add_argument(
+        "--reuse-jaxembed",
+        action="store_true",
+        help="keep the workdir's jaxembed run and scores (to rerun only the trainer)",
+    )
     p.add_argument("--results", default=None, help="append the table to this Markdown file")
     p.add_argument("--smoke", action="store_true", help="32 train queries, 1 epoch")
     return p.parse_args()
@@ -133,7 +163,10 @@ def scifact_dir() -> Path:
 
 
 def text(passage: dict | str) -> str:
-    return passage["text"] if isinstance(passage, dict) else passage
+    """The text jaxembed trains on and both evaluate: MTEB's title, a space, the body."""
+    if isinstance(passage, str):
+        return passage
+    return f"{passage.get('title', '')} {passage['text']}".strip()
 
 
 def st_rows(mined: Path, out: Path, negatives: int, limit: int) -> int:
@@ -152,6 +185,19 @@ def st_rows(mined: Path, out: Path, negatives: int, limit: int) -> int:
                 raise SystemExit(f"{mined}: a record has fewer than {negatives} negatives")
             f.write(json.dumps(row) + "\n")
     return len(rows)
+
+
+def jaxembed_batches(num_rows: int, batch: int, steps: int, seed: int) -> list[list[int]]:
+    """The rows of each of jaxembed's training batches (its sampler's plan for one dataset
+    without dropped records, as `jaxembed train` draws it)."""
+    from jaxembed.data.sampler import GlobalSampler, IteratorState
+
+    sampler = GlobalSampler([np.arange(num_rows)], [1.0], batch, seed=seed)
+    state, out = IteratorState.start(1), []
+    for _ in range(steps):
+        plan, state = sampler.plan(state)
+        out.append([int(r) for r in plan.record])
+    return out
 
 
 def scores(path: Path) -> tuple[float, float]:
@@ -200,7 +246,9 @@ def main() -> None:
     before = evaluate("base", base, reuse=True)
 
     jax_workdir, jax_model = root / "jaxembed_run", root / "jaxembed_model"
-    for path in (jax_workdir, jax_model):
+    tag = "smoke_" if args.smoke else ""  # the mined negatives and base scores are shared
+    reuse = args.reuse_jaxembed and (root / "eval" / f"{tag}jaxembed.json").is_file()
+    for path in () if reuse else (jax_workdir, jax_model):
         subprocess.run(["rm", "-rf", str(path)], check=True)
     # configs/sentence_transformers.py is the recipe (MNRL's loss, lr, no weight decay).
     overrides = {
@@ -209,41 +257,46 @@ def main() -> None:
         "loss.temperature": 1 / scale,
         "data.num_negatives": negatives,
         "data.global_batch_size": batch,
-        "data.query_max_length": 64,
+        "data.query_max_length": args.max_length,  # the trainer's max_seq_length cuts both
         "data.passage_max_length": args.max_length,
         "optimizer.learning_rate": lr,
-        "optimizer.warmup_steps": round(warmup * steps),
+        "optimizer.warmup_steps": math.ceil(warmup * steps),  # HF's rounding of warmup_ratio
         "train.steps": steps,
         "train.log_every": 10,
         "train.checkpoint_every": steps,
         "train.keep_checkpoints": 1,
         "seed": args.seed,
     }
-    start = time.perf_counter()
-    run.jaxembed(
-        "train jaxembed", "train", "--config", str(REPO / "configs/sentence_transformers.py"),
-        "--workdir", str(jax_workdir), *[f"--config.{k}={v}" for k, v in overrides.items()],
-    )  # fmt: skip
-    run.jaxembed("export jaxembed", "export", "--workdir", str(jax_workdir),
-                 "--output", str(jax_model))  # fmt: skip
-    jax_seconds = time.perf_counter() - start
+    timing = root / "jaxembed_seconds.json"
+    if not reuse:
+        start = time.perf_counter()
+        run.jaxembed(
+            "train jaxembed", "train", "--config", str(REPO / "configs/sentence_transformers.py"),
+            "--workdir", str(jax_workdir), *[f"--config.{k}={v}" for k, v in overrides.items()],
+        )  # fmt: skip
+        run.jaxembed("export jaxembed", "export", "--workdir", str(jax_workdir),
+                     "--output", str(jax_model))  # fmt: skip
+        timing.write_text(json.dumps(time.perf_counter() - start))
+    jax_seconds = json.loads(timing.read_text())
 
     st_model = root / "st_model"
     subprocess.run(["rm", "-rf", str(st_model), str(st_model) + ".trainer"], check=True)
     settings = dict(negatives=negatives, max_length=args.max_length, epochs=epochs, batch=batch,
                     lr=lr, warmup=warmup, scale=scale, seed=args.seed)  # fmt: skip
+    if args.st_batches == "jaxembed":
+        settings["batches"] = jaxembed_batches(num_rows, batch, steps, args.seed)
     start = time.perf_counter()
     run("train sentence-transformers", sys.executable, "-c", ST_TRAINER, str(base), str(rows),
         str(st_model), json.dumps(settings))  # fmt: skip
     st_seconds = time.perf_counter() - start
 
-    tag = "smoke_" if args.smoke else ""  # the mined negatives and base scores are shared
-    jax_after = evaluate(f"{tag}jaxembed", jax_model)
+    jax_after = evaluate(f"{tag}jaxembed", jax_model, reuse=reuse)
     st_after = evaluate(f"{tag}sentence_transformers", st_model)
     table = [
         f"all-MiniLM-L6-v2 fine-tuned on SciFact train ({num_rows} queries, {steps} steps of "
         f"batch {batch}, {negatives} TopK-PercPos negatives, passages {args.max_length} tokens"
-        f", seed {args.seed}); SciFact test at {args.eval_length} tokens:",
+        f", seed {args.seed}; the trainer's batches: {args.st_batches}); SciFact test at "
+        f"{args.eval_length} tokens:",
         "",
         "| trainer | nDCG@10 before → after | Recall@100 before → after | training wall time |",
         "|---|---|---|---|",

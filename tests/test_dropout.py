@@ -21,6 +21,25 @@ def test_masks_drop_at_the_rate(rate):
     assert not np.array_equal(keep[0], keep[1]) and not np.array_equal(keep[0, 0], keep[0, 1])
 
 
+def test_masks_are_independent_across_neighbours_rows_and_keys():
+    """Pairs of draws that a weak generator would tie together (the two halves of one hashed
+    word, neighbouring words, the same element of neighbouring rows, the next step's key)
+    are kept together as often as independent draws: (1 - rate)^2."""
+    rate, shape = 0.5, (64, 4, 96, 32)
+    key = jax.random.key(7)
+    keep = np.asarray(row_keep_mask(key, shape, rate, None)).astype(np.float64)
+    later = np.asarray(row_keep_mask(jax.random.fold_in(key, 1), shape, rate, None))
+    pairs = {
+        "halves of a word": (keep[..., 0::2], keep[..., 1::2]),
+        "neighbouring words": (keep[..., 0:-2:2], keep[..., 2::2]),
+        "neighbouring rows": (keep[:-1], keep[1:]),
+        "next key": (keep, later),
+    }
+    for name, (a, b) in pairs.items():
+        # >= 196k pairs: the joint rate's standard deviation is under 0.001.
+        assert abs(np.mean(a * b) - (1 - rate) ** 2) < 0.005, name
+
+
 def test_a_rows_mask_depends_on_its_row_id_only():
     key = jax.random.key(3)
     rows = jnp.arange(10, 26, dtype=jnp.int32)

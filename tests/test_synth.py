@@ -287,6 +287,31 @@ def test_two_endpoints_share_items_by_weight(tmp_path):
     assert 25 <= models["light"] <= 75 and models["heavy"] == 200 - models["light"]
 
 
+def test_step_one_from_one_endpoint_step_two_from_another(tmp_path):
+    """Cross-model SDG's other shape: `--task-endpoint` brainstorms the tasks, `--endpoint`
+    writes the examples; neither server is asked the other's step."""
+    planner = FakeLLM(lambda prompt, n: json.dumps({"tasks": ["t1", "t2"]}), model="planner")
+    writer = FakeLLM(lambda prompt, n: _classification(prompt, n), model="writer")
+    out = tmp_path / "cls.jsonl"
+    with planner, writer:
+        assert synth("--strategy", "classification", "--task-endpoint", planner.url,
+                     "--endpoint", writer.url, "--count", "8", "--output", str(out),
+                     "--num-tasks", "2", "--tasks-per-request", "2",
+                     "--near-duplicate", "0") == 0  # fmt: skip
+    assert planner.prompts and all("Brainstorm" in p for p in planner.prompts)
+    assert len(writer.prompts) == 8 and not any("Brainstorm" in p for p in writer.prompts)
+    records = read_jsonl(out)
+    assert len(records) == 8 and {r["provenance"]["model"] for r in records} == {"writer"}
+
+
+def test_task_endpoint_needs_a_two_step_strategy(corpus, tmp_path, capsys):
+    code = synth("--strategy", "seed_corpus", "--corpus", str(corpus), "--endpoint",
+                 "http://127.0.0.1:9/v1", "--task-endpoint", "http://127.0.0.1:9/v1",
+                 "--count", "2", "--output", str(tmp_path / "o.jsonl"))  # fmt: skip
+    assert code == 2
+    assert "--task-endpoint: the seed_corpus strategy has no step 1" in capsys.readouterr().err
+
+
 def _classification(prompt: str, n: int) -> str:
     task = re.search(r"task: (.*)\n", prompt).group(1)
     return json.dumps({"text": f"example number {n} for {task}", "label": "yes",

@@ -23,6 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="an OpenAI base URL (e.g. http://127.0.0.1:8000/v1); repeat to mix models, "
         "each item's endpoint drawn by weight",
     )  # fmt: skip
+    p.add_argument(
+        "--task-endpoint", action="append", metavar="URL[,model=NAME][,weight=W]",
+        help="two-step strategies: ask step 1 (the task lists) of these endpoints and step 2 "
+        "of --endpoint (default: --endpoint for both)",
+    )  # fmt: skip
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var with the API key")
     p.add_argument("--count", type=int, required=True, help="records to ask for")
     p.add_argument("--output", required=True, help="training JSONL (sidecar files beside it)")
@@ -85,7 +90,10 @@ def run(args: argparse.Namespace) -> None:
     if not 0 <= args.near_duplicate < 1:
         raise UserInputError(f"--near-duplicate {args.near_duplicate}: must be in [0, 1)")
     endpoints = [parse_endpoint(spec) for spec in args.endpoint]
+    task_endpoints = [parse_endpoint(spec) for spec in args.task_endpoint or ()]
     strategy = build_strategy(args)
+    if task_endpoints and strategy.task_step is None:
+        raise UserInputError(f"--task-endpoint: the {args.strategy} strategy has no step 1")
     templates = build_templates(strategy, args.prompt)
     client = ClientSettings(
         concurrency=args.concurrency,
@@ -108,7 +116,7 @@ def run(args: argparse.Namespace) -> None:
     filters = FilterSettings(args.min_query_words, args.max_query_words, args.near_duplicate)
     report = run_synth(
         strategy, templates, endpoints, client, api_key(args.api_key_env), args.output,
-        options, filters, round_trip(args, strategy),
+        options, filters, round_trip(args, strategy), task_endpoints,
     )  # fmt: skip
     totals = report["totals"]
     print(

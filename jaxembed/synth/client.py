@@ -110,7 +110,7 @@ class ChatClient:
             )
             for e in endpoints
         }
-        self.models: dict[str, str] = {}  # endpoint url -> model asked for
+        self.models: dict[str, str] = {}  # endpoint name -> model (a server may serve several)
         self.no_json_mode: set[str] = set()
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.rate = _RateCap(settings.requests_per_second)
@@ -132,7 +132,7 @@ class ChatClient:
                 )
             if not e.model and not listed:
                 raise UserInputError(f"--endpoint {e.url}: lists no model; give model=NAME")
-            self.models[e.url] = e.model or listed[0]
+            self.models[e.name] = e.model or listed[0]
 
     async def complete(self, endpoint: Endpoint, prompt: str) -> Completion:
         s = self.settings
@@ -158,7 +158,7 @@ class ChatClient:
         usage = response.usage
         return Completion(
             text=(choice.message.content or "") if choice else "",
-            model=self.models[endpoint.url],
+            model=self.models[endpoint.name],
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
             retries=attempt,
@@ -170,7 +170,7 @@ class ChatClient:
         if s.json_mode and endpoint.url not in self.no_json_mode:
             extra["response_format"] = {"type": "json_object"}
         return await self.clients[endpoint.url].chat.completions.create(
-            model=self.models[endpoint.url],
+            model=self.models[endpoint.name],
             messages=[{"role": "user", "content": prompt}],
             max_tokens=s.max_tokens,
             temperature=s.temperature,

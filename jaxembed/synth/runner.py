@@ -55,8 +55,10 @@ def run_synth(
     options: RunOptions,
     filter_settings: FilterSettings | None = None,
     round_trip: Any = None,
+    task_endpoints: list[Endpoint] | None = None,
 ) -> dict[str, Any]:
-    """Generate into `output` (resuming what is there); returns the report."""
+    """Generate into `output` (resuming what is there); returns the report. Two-step
+    strategies ask step 1 of `task_endpoints` (default: `endpoints`)."""
     run_key = {
         "strategy": strategy.name,
         "seed": options.seed,
@@ -66,14 +68,16 @@ def run_synth(
     store = SynthStore(output, run_key)
     return asyncio.run(
         _Run(strategy, templates, endpoints, client_settings, api_key, store, options,
-             filter_settings or FilterSettings(), round_trip).main()
+             filter_settings or FilterSettings(), round_trip, task_endpoints or endpoints).main()
     )  # fmt: skip
 
 
 class _Run:
     def __init__(self, strategy, templates, endpoints, client_settings, api_key, store,
-                 options: RunOptions, filter_settings, round_trip) -> None:  # fmt: skip
+                 options: RunOptions, filter_settings, round_trip,
+                 task_endpoints) -> None:  # fmt: skip
         self.strategy, self.templates, self.endpoints = strategy, templates, endpoints
+        self.task_endpoints = task_endpoints
         self.client_settings, self.api_key = client_settings, api_key
         self.store, self.options = store, options
         self.filter_settings = filter_settings
@@ -95,9 +99,12 @@ class _Run:
         self.per_model = {k: Counter(v) for k, v in counts.get("per_model", {}).items()}
 
     async def main(self) -> dict[str, Any]:
-        self.client = ChatClient(self.endpoints, self.client_settings, self.api_key)
+        used = list(self.endpoints)
+        if self.strategy.task_step is not None:
+            used += [e for e in self.task_endpoints if e not in used]
+        self.client = ChatClient(used, self.client_settings, self.api_key)
         try:
-            await self.client.check(self.endpoints)  # before any file is touched
+            await self.client.check(used)  # before any file is touched
             self._resume()
             try:
                 tasks = await self._tasks()
@@ -142,7 +149,8 @@ class _Run:
 
     async def _ask(self, item: Item, parse) -> _Outcome:
         """One item asked until its answer parses (or the retries run out)."""
-        endpoint = draw(self.endpoints, item_rng(self.options.seed, "endpoint:" + item.id))
+        pool = self.task_endpoints if item.step == self.strategy.task_step else self.endpoints
+        endpoint = draw(pool, item_rng(self.options.seed, "endpoint:" + item.id))
         prompt = self.templates[item.step].render(**item.values)
         outcome = _Outcome(item, endpoint)
         reason, raw = "", ""
