@@ -15,6 +15,7 @@ CORE = [
     "safetensors>=0.4",
     "tokenizers>=0.20",
     "tqdm>=4.66",
+    "pyyaml>=6",  # data.manifest files
     "tensorboardX>=2.6",
     # `jaxembed synth`: the OpenAI-compatible client, MinHash near-duplicate removal, and
     # mending the almost-JSON that small models write.

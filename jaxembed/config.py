@@ -100,6 +100,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data = dict(
         train_files=(),
         weights=(),  # blending weight per train file; empty = equal
+        # A JSON/YAML file listing the mix instead (per dataset: path, format, task, weight,
+        # query/document instructions; see jaxembed/data/manifest.py). Excludes train_files.
+        manifest="",
         format="jsonl",  # jsonl | nemo | sentence_transformers
         instruction="",  # default query instruction for records that carry none
         eval_dir="",  # BEIR-layout held-out set for train.eval_every ("" = none)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from jaxembed.cli import (  # the subcommand modules import no JAX at load
     convert_llama2c,
+    data,
     demo,
     encode,
     eval,
@@ -27,7 +28,7 @@ from jaxembed.host_memory import retain_freed_memory
 from jaxembed.platforms import prefer_cpu_without_accelerators
 
 SUBCOMMANDS = (
-    encode, demo, train, plan, eval, mine, synth, convert_llama2c, rerank, export, merge,
+    encode, demo, train, plan, eval, mine, synth, data, convert_llama2c, rerank, export, merge,
 )  # fmt: skip
 
 

@@ -28,6 +28,10 @@ class Example:
     prefix_chars: int
     passages: tuple[Passage, ...]
     doc_ids: tuple[int, ...]
+    # The passages as the bi-encoder reads them (with a document instruction, if any), and
+    # how many characters of each are that instruction.
+    passage_texts: tuple[str, ...] = ()
+    passage_prefix_chars: tuple[int, ...] = ()
 
 
 def _pick(items: Sequence[Passage], k: int, rule: MoreRule, rng: np.random.Generator):
@@ -47,12 +51,14 @@ def make_example(
     random_passage: Callable[[np.random.Generator], Passage],
     rng_key: Sequence[int],
     dataset: str,
+    document_instruction: str | None = "",
 ) -> Example:
     """Select 1 positive + `num_negatives` negatives; randomness is keyed by `rng_key` only,
     so every process (and every replay) builds the same example for the same record.
 
     Short records are filled with `random_passage` draws (records are dropped before this
-    point under the "drop" rule).
+    point under the "drop" rule). Passages are formatted with `document_instruction` by the
+    query template; None means the record's own instruction (a symmetric task).
     """
     rng = np.random.default_rng([*rng_key, _SAMPLE_TAG])
     positive = _pick(record.positives, 1, positive_rule, rng)
@@ -70,4 +76,13 @@ def make_example(
     passages = tuple(positive + negatives)
     query, prefix_chars = format_query(record.query, record.instruction, template)
     doc_ids = tuple(doc_hash(p.id, dataset) for p in passages)
-    return Example(query, prefix_chars, passages, doc_ids)
+    instruction = record.instruction if document_instruction is None else document_instruction
+    formatted = [format_query(p.full_text(), instruction, template) for p in passages]
+    return Example(
+        query,
+        prefix_chars,
+        passages,
+        doc_ids,
+        tuple(text for text, _ in formatted),
+        tuple(chars for _, chars in formatted),
+    )

@@ -10,7 +10,8 @@ A batch is a dict of int32 arrays (B = global batch, G = 1 + num_negatives):
   passage_input_ids, passage_attention_mask, passage_pool_mask  [B, G, Lp]  (passage 0: positive)
   doc_ids        [B, G]  stable 31-bit hash of each passage id (equal ids = same document)
   dataset_index  [B]     index into the `datasets` list
-Lq and Lp are bucket lengths; pool masks are the attention masks minus instruction tokens.
+Lq and Lp are bucket lengths; pool masks are the attention masks minus instruction tokens
+(a dataset's documents carry an instruction too when its `document_instruction` says so).
 
 Pair mode (a cross-encoder reranker; `pair_template` set): each query is joined with each of
 its passages by the template (`jaxembed.data.pairs`), the query cut to `query_max_length`
@@ -94,12 +95,15 @@ class PipelineConfig:
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """One dataset to blend: random-access records, its weight, and an optional corpus that
-    short records are filled from (else: positives of other records of the same dataset)."""
+    short records are filled from (else: positives of other records of the same dataset).
+    `document_instruction`: the passages' instruction ("" none; None: each record's query
+    instruction, as symmetric tasks have it; see `jaxembed.data.manifest`)."""
 
     name: str
     records: Sequence[TrainingRecord]
     weight: float = 1.0
     corpus: Sequence[Passage] | None = None
+    document_instruction: str | None = ""
 
 
 def _read(records: Sequence[TrainingRecord], indices: Sequence[int]) -> list[TrainingRecord]:
@@ -236,6 +240,7 @@ class BatchIterator:
                     random_passage=self._random_passage(d),
                     rng_key=(cfg.seed, d, int(plan.epoch[slot]), int(plan.record[slot])),
                     dataset=self.datasets[d].name,
+                    document_instruction=self.datasets[d].document_instruction,
                 )
             )
         if cfg.pair_template:
@@ -248,8 +253,9 @@ class BatchIterator:
         )
         p_ids, p_starts = tokenize(
             self._tokenizer,
-            [p.full_text() for e in examples for p in e.passages],
+            [text for e in examples for text in e.passage_texts],
             cfg.passage_max_length,
+            [chars for e in examples for chars in e.passage_prefix_chars],
         )
         q_len, p_len = self._agree(step, [max(map(len, q_ids)), max(map(len, p_ids))])
         pad_id = self._tokenizer.pad_token_id

@@ -28,6 +28,7 @@ from jaxembed.checkpoint import (
 from jaxembed.config import RUN_CONFIG_NAME
 from jaxembed.data import BatchIterator, DatasetSpec, IteratorState
 from jaxembed.data.formats import load_beir, read_training_jsonl
+from jaxembed.data.manifest import ManifestEntry, read_manifest
 from jaxembed.errors import UserInputError
 from jaxembed.evaluate import evaluate_retrieval
 from jaxembed.io_utils import atomic_file, check_writable_directory
@@ -114,6 +115,8 @@ class _Evaluator:
 
 
 def load_datasets(d: DataSettings) -> list[DatasetSpec]:
+    if d.manifest:
+        return [_manifest_dataset(entry) for entry in read_manifest(d.manifest)]
     weights = list(d.weights) if d.weights else [1.0] * len(d.train_files)
     if len(weights) != len(d.train_files):
         raise UserInputError(
@@ -126,6 +129,19 @@ def load_datasets(d: DataSettings) -> list[DatasetSpec]:
             raise UserInputError(f"{path}: no training records")
         specs.append(DatasetSpec(Path(path).stem, records, float(weight)))
     return specs
+
+
+def _manifest_dataset(entry: ManifestEntry) -> DatasetSpec:
+    records = list(
+        read_training_jsonl(
+            entry.path, format=entry.format, instruction=entry.query_instruction, dataset=entry.name
+        )
+    )
+    if not records:
+        raise UserInputError(f"{entry.path}: no training records (dataset {entry.name!r})")
+    return DatasetSpec(
+        entry.name, records, entry.weight, document_instruction=entry.document_instruction
+    )
 
 
 def _restore(

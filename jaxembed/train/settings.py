@@ -94,6 +94,7 @@ class DataSettings:
 
     train_files: tuple[str, ...]
     weights: tuple[float, ...]
+    manifest: str
     format: str
     instruction: str
     eval_dir: str

@@ -11,6 +11,7 @@ import jax
 import ml_collections
 
 from jaxembed import hf, tasks
+from jaxembed.data.manifest import read_manifest
 from jaxembed.errors import UserInputError
 from jaxembed.losses import CONTRASTIVE_VARIANTS
 from jaxembed.models.attention import ATTENTION_IMPLS
@@ -99,8 +100,17 @@ def check_layout(config: ml_collections.ConfigDict, num_devices: int) -> tuple[i
 
 def _validate_data_and_schedule(config: ml_collections.ConfigDict) -> None:
     d, t = config.data, config.train
-    if not d.train_files:
-        raise UserInputError("data.train_files is empty: give one or more training JSONL files")
+    if d.manifest:
+        if d.train_files or d.weights or d.instruction:
+            raise UserInputError(
+                "data.manifest lists the datasets: leave data.train_files, data.weights and "
+                "data.instruction empty (give paths, weights and instructions in the manifest)"
+            )
+        read_manifest(d.manifest)
+    elif not d.train_files:
+        raise UserInputError(
+            "data.train_files is empty: give one or more training JSONL files (or data.manifest)"
+        )
     for path in d.train_files:
         if not Path(path).is_file():
             raise UserInputError(f"data.train_files: {path} not found")
