@@ -187,12 +187,17 @@ def st_rows(mined: Path, out: Path, negatives: int, limit: int) -> int:
     return len(rows)
 
 
-def jaxembed_batches(num_rows: int, batch: int, steps: int, seed: int) -> list[list[int]]:
-    """The rows of each of jaxembed's training batches (its sampler's plan for one dataset
-    without dropped records, as `jaxembed train` draws it)."""
+def jaxembed_batches(train_file: Path, batch: int, steps: int, seed: int) -> list[list[int]]:
+    """The rows of each of jaxembed's training batches: its sampler's plan, with the text
+    keys of the recipe's no-duplicate batches, as `jaxembed train` draws it."""
+    from jaxembed.data import DatasetSpec
+    from jaxembed.data.formats import read_training_jsonl
+    from jaxembed.data.pipeline import text_keys
     from jaxembed.data.sampler import GlobalSampler, IteratorState
 
-    sampler = GlobalSampler([np.arange(num_rows)], [1.0], batch, seed=seed)
+    spec = DatasetSpec(train_file.stem, list(read_training_jsonl(train_file)))
+    n = len(spec.records)
+    sampler = GlobalSampler([np.arange(n)], [1.0], batch, seed=seed, keys=[text_keys(spec)])
     state, out = IteratorState.start(1), []
     for _ in range(steps):
         plan, state = sampler.plan(state)
@@ -284,7 +289,7 @@ def main() -> None:
     settings = dict(negatives=negatives, max_length=args.max_length, epochs=epochs, batch=batch,
                     lr=lr, warmup=warmup, scale=scale, seed=args.seed)  # fmt: skip
     if args.st_batches == "jaxembed":
-        settings["batches"] = jaxembed_batches(num_rows, batch, steps, args.seed)
+        settings["batches"] = jaxembed_batches(train_file, batch, steps, args.seed)
     start = time.perf_counter()
     run("train sentence-transformers", sys.executable, "-c", ST_TRAINER, str(base), str(rows),
         str(st_model), json.dumps(settings))  # fmt: skip

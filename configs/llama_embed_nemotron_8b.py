@@ -5,6 +5,11 @@ average of 6 checkpoints.
 
     jaxembed train --config configs/llama_embed_nemotron_8b.py:stage1 --workdir runs/s1 \
         --config.model.hf_path=/models/Llama-3.1-8B --config.data.train_files=...
+    jaxembed train --config configs/llama_embed_nemotron_8b.py:stage2 --workdir runs/s2 \
+        --config.model.hf_path=runs/s1-export --config.data.manifest=mix.yaml
+
+Stage 2's multi-task mix (retrieval, STS, classification, bitext with per-dataset
+instructions and weights) is a dataset manifest (README: "A fine-tuning mix").
 
 Fit (`jaxembed plan --config configs/llama_embed_nemotron_8b.py:stage1 --topology v5p-8`):
 both stages fit a v5p-8 (4 chips) with FSDP over every chip, full remat and GradCache; the

@@ -1,7 +1,8 @@
 """NV-Retriever-v1: Mistral-7B with LoRA (rank 16, alpha 32), bidirectional, mean pooling
 with the instruction tokens masked out, query/passage lengths 192/512; stage 1 in-batch
 negatives + 1 mined hard negative, stage 2 5 hard negatives; negatives mined with
-TopK-PercPos 95% (`jaxembed mine`).
+TopK-PercPos 95% (`jaxembed mine`). Stage 2 over several datasets with their own
+instructions: `--config.data.manifest=mix.yaml` (README: "A fine-tuning mix").
 
 From the paper: the backbone, LoRA rank and alpha, pooling, lengths and negatives. Our
 choices where it gives no number: LoRA dropout 0.1 on every attention and MLP projection,

@@ -118,6 +118,7 @@ def default_config() -> ml_collections.ConfigDict:
         more_negatives="first",
         fewer_negatives="fill",
         homogeneous=False,
+        no_duplicates=False,  # no two records sharing a text in a batch (see data/sampler.py)
         prefetch=2,
     )
     c.train = dict(

@@ -35,7 +35,7 @@ from jaxembed.data.examples import FewerRule, MoreRule, make_example
 from jaxembed.data.multihost import LengthAgreement, assemble, process_rows
 from jaxembed.data.pairs import check_pair_template, tokenize_pairs
 from jaxembed.data.prefetch import Prefetcher
-from jaxembed.data.records import Passage, TrainingRecord
+from jaxembed.data.records import Passage, TrainingRecord, doc_hash, text_id
 from jaxembed.data.sampler import BatchPlan, GlobalSampler, IteratorState
 from jaxembed.prompts import DEFAULT_QUERY_TEMPLATE
 
@@ -62,6 +62,9 @@ class PipelineConfig:
     positive: MoreRule = "first"
     # Each global batch from a single dataset (for in-batch loss variants).
     homogeneous: bool = False
+    # No two records sharing a text (query or passage) in a batch: sentence-transformers'
+    # NO_DUPLICATES batches (see GlobalSampler); costs one scan of the data at start-up.
+    no_duplicates: bool = False
     seed: int = 0
     # Batches prepared ahead in a background thread; 0 = produce on demand.
     prefetch: int = 2
@@ -111,6 +114,19 @@ def _read(records: Sequence[TrainingRecord], indices: Sequence[int]) -> list[Tra
     if get_many is not None:
         return get_many(indices)
     return [records[int(i)] for i in indices]
+
+
+def text_keys(spec: DatasetSpec) -> list[np.ndarray]:
+    """Per record, the hashes of every text it may bring into a batch (its query, all its
+    positives and negatives: a superset of the picked ones), the same on every process."""
+    keys: list[np.ndarray] = []
+    n = len(spec.records)
+    for start in range(0, n, _SCAN_CHUNK):
+        for record in _read(spec.records, range(start, min(start + _SCAN_CHUNK, n))):
+            ids = [doc_hash(text_id(record.query))]
+            ids += [doc_hash(p.id, spec.name) for p in (*record.positives, *record.negatives)]
+            keys.append(np.asarray(ids, dtype=np.int64))
+    return keys
 
 
 def _eligible(spec: DatasetSpec, config: PipelineConfig) -> np.ndarray:
@@ -167,6 +183,7 @@ class BatchIterator:
             config.global_batch_size,
             seed=config.seed,
             homogeneous=config.homogeneous,
+            keys=[text_keys(d) for d in self.datasets] if config.no_duplicates else None,
         )
         self._rows = process_rows(sharding, config.global_batch_size)
         self._agree = LengthAgreement(name)

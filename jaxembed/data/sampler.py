@@ -16,14 +16,24 @@ import numpy as np
 # Distinct stream tags keep the blend draws independent of the per-dataset shuffles.
 _SHUFFLE_TAG = 0x5EED
 _BLEND_TAG = 0xB1E4D
+# No-duplicate batches: how many batches' worth of records may wait for a batch they fit.
+_WAITING_BATCHES = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamState:
-    """Where one dataset's shuffled stream stands: its epoch and the next position in it."""
+    """Where one dataset's shuffled stream stands: its epoch and the next position in it,
+    and (with no-duplicate batches) the records passed over for sharing a text with their
+    batch, as (epoch, record) pairs, offered first to the next batches."""
 
     epoch: int = 0
     position: int = 0
+    deferred: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StreamState:
+        deferred = tuple((int(e), int(r)) for e, r in d.get("deferred", ()))
+        return cls(int(d["epoch"]), int(d["position"]), deferred)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +55,7 @@ class IteratorState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IteratorState:
-        return cls(int(d["step"]), tuple(StreamState(**s) for s in d["streams"]))
+        return cls(int(d["step"]), tuple(StreamState.from_dict(s) for s in d["streams"]))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -70,6 +80,13 @@ class GlobalSampler:
     `eligible[d]` lists the record indices of dataset d that may be used (all of them unless
     the pipeline drops records); a stream's epoch is one pass over its eligible records.
     With `homogeneous`, each global batch is drawn from a single dataset.
+
+    With `keys` (per dataset, per record: the hashes of its texts), batches hold no two
+    records sharing a text, as sentence-transformers' NO_DUPLICATES sampler makes them: a
+    record that collides waits for a later batch (it keeps its place in its epoch's count).
+    At most four batches' worth of records wait at a time; past that, or where no record fits
+    (a classification task with fewer labels than rows), records are taken anyway and the
+    loss's duplicate mask handles them.
     """
 
     def __init__(
@@ -80,6 +97,7 @@ class GlobalSampler:
         *,
         seed: int,
         homogeneous: bool = False,
+        keys: Sequence[Sequence[np.ndarray]] | None = None,
     ) -> None:
         if len(eligible) != len(weights) or not eligible:
             raise ValueError("need one weight per dataset and at least one dataset")
@@ -94,6 +112,8 @@ class GlobalSampler:
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.homogeneous = homogeneous
+        self.keys = keys
+        self._max_waiting = _WAITING_BATCHES * global_batch_size
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def _permutation(self, dataset: int, epoch: int) -> np.ndarray:
@@ -124,15 +144,42 @@ class GlobalSampler:
         epochs = np.zeros_like(datasets)
         records = np.zeros_like(datasets)
         streams = list(state.streams)
+        seen: set[int] = set()  # the batch's text hashes (no-duplicate batches)
         for d in range(len(self.eligible)):
             slots = np.flatnonzero(datasets == d)
-            epoch, position = streams[d].epoch, streams[d].position
-            n = len(self.eligible[d])
-            for slot in slots:
-                if position >= n:
-                    epoch, position = epoch + 1, 0
-                epochs[slot] = epoch
-                records[slot] = self._permutation(d, epoch)[position]
-                position += 1
-            streams[d] = StreamState(epoch, position)
+            picked, streams[d] = self._take(d, len(slots), streams[d], seen)
+            for slot, (epoch, record) in zip(slots, picked, strict=True):
+                epochs[slot], records[slot] = epoch, record
         return BatchPlan(datasets, epochs, records), IteratorState(state.step + 1, tuple(streams))
+
+    def _take(
+        self, d: int, count: int, stream: StreamState, seen: set[int]
+    ) -> tuple[list[tuple[int, int]], StreamState]:
+        """`count` (epoch, record) picks from dataset d's stream, and the stream after."""
+        picked: list[tuple[int, int]] = []
+        waiting: list[tuple[int, int]] = []
+
+        def offer(item: tuple[int, int]) -> None:
+            if self.keys is None:
+                picked.append(item)
+                return
+            keys = self.keys[d][item[1]]
+            if len(waiting) < self._max_waiting and any(int(k) in seen for k in keys):
+                waiting.append(item)
+                return
+            picked.append(item)
+            seen.update(int(k) for k in keys)
+
+        for item in stream.deferred:
+            if len(picked) < count:
+                offer(item)
+            else:
+                waiting.append(item)
+        epoch, position = stream.epoch, stream.position
+        n = len(self.eligible[d])
+        while len(picked) < count:
+            if position >= n:
+                epoch, position = epoch + 1, 0
+            offer((epoch, int(self._permutation(d, epoch)[position])))
+            position += 1
+        return picked, StreamState(epoch, position, tuple(waiting))

@@ -39,6 +39,7 @@ PIPELINE_KEYS = (
     "more_negatives",
     "fewer_negatives",
     "homogeneous",
+    "no_duplicates",
     "prefetch",
 )
 
