@@ -22,7 +22,7 @@ from jaxembed.errors import UserInputError
 from jaxembed.io_utils import atomic_directory
 from jaxembed.models import architectures
 from jaxembed.models.architectures import ModelConfig, WeightMap
-from jaxembed.models.architectures.llama import MODELING_FILE
+from jaxembed.models.architectures.base import MODELING_FILE
 from jaxembed.models.encoder import PoolingSettings
 from jaxembed.prompts import format_query
 from jaxembed.safetensors_io import (

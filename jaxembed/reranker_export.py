@@ -1,9 +1,9 @@
 """Reranker params → a Hugging Face sequence-classification directory.
 
-The directory holds the backbone under "model." and the head as "score.weight" [1, hidden] /
-"score.bias" [1], a config.json whose "auto_map" points AutoModel and
-AutoModelForSequenceClassification at the shipped bidirectional modeling file, the tokenizer
-and a model card. So
+The directory holds the backbone under the family's prefix ("model.", "bert.") and the head
+as "score.weight" [1, hidden] / "score.bias" [1], a config.json whose "auto_map" points
+AutoModelForSequenceClassification (and, for the Llama family, AutoModel) at the shipped
+modeling file, the tokenizer and a model card. So
 
     AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)
     CrossEncoder(dir, trust_remote_code=True)
@@ -42,7 +42,6 @@ from jaxembed.models.reranker import HEAD_BIAS, HEAD_WEIGHT
 from jaxembed.run_steps import OrbaxSource, lookup, open_run_step
 from jaxembed.safetensors_io import TensorSpec, write_safetensors
 
-BACKBONE_PREFIX = "model."
 # CrossEncoder applies a sigmoid to one-label models unless told otherwise; the raw logit is
 # what jaxembed scores with (and ranks identically).
 IDENTITY_ACTIVATION = "torch.nn.modules.linear.Identity"
@@ -157,7 +156,10 @@ def _write(
         raise UserInputError(f"--dtype {dtype!r}: expected one of {', '.join(EXPORT_DTYPES)}")
     np_dtype = EXPORT_DTYPES[dtype]
     tensors = hf_tensors(config)
-    specs = [TensorSpec(BACKBONE_PREFIX + t.name, t.wmap.hf_shape, np_dtype) for t in tensors]
+    # The backbone under the family's task-head prefix ("model.", "bert."), as HF's
+    # *ForSequenceClassification checkpoints hold it.
+    prefix = for_config(config).base_prefix
+    specs = [TensorSpec(prefix + t.name, t.wmap.hf_shape, np_dtype) for t in tensors]
     specs += [
         TensorSpec(HEAD_WEIGHT, (1, config.hidden_size), np_dtype),
         TensorSpec(HEAD_BIAS, (1,), np_dtype),

@@ -351,6 +351,47 @@ def test_minilm_cross_encoder_listwise_step_matches_pytorch(minilm, minilm_dir):
     assert_step_matches(loss, grad_norm, ours, ref_loss.item(), ref)
 
 
+def test_minilm_reranker_exports_for_transformers_and_reads_back_exactly(
+    minilm, minilm_dir, tmp_path
+):
+    """A BERT cross-encoder export: AutoModelForSequenceClassification (the shipped
+    mean-pooling class) scores joined pairs as `jaxembed rerank` does, and reading the
+    directory back gives the params bit for bit."""
+    from transformers import AutoModelForSequenceClassification
+
+    from jaxembed.models.reranker import Reranker
+    from jaxembed.reranker_export import write_reranker_directory
+
+    config, backbone, tokenizer = minilm
+    rng = np.random.default_rng(5)
+    # A head of unit scale, so the scores differ enough for a ranking to mean something.
+    head = {"kernel": rng.normal(size=(config.hidden_size, 1)).astype(np.float32),
+            "bias": np.array([0.5], np.float32)}  # fmt: skip
+    params = {"backbone": jax.tree.map(np.asarray, backbone), "score": head}
+    template = "question:{query} \n \n passage:{passage}"
+    out = write_reranker_directory(
+        tmp_path / "reranker", config, params, minilm_dir, template=template, max_length=128,
+        base_hf_config=hf.read_hf_config(minilm_dir),
+    )  # fmt: skip
+    reranker = Reranker.from_pretrained(out)
+    restored = jax.tree.map(np.asarray, reranker.params)
+    assert jax.tree.structure(restored) == jax.tree.structure(params)
+    pairs = zip(jax.tree.leaves(restored), jax.tree.leaves(params), strict=True)
+    assert all(np.array_equal(a, b) for a, b in pairs)
+    queries = [q for q in QUERIES for _ in range(2)]
+    passages = [p for pos, neg in zip(POSITIVES, NEGATIVES, strict=True) for p in (pos, neg)]
+    ours = reranker.score(queries, passages, batch_size=3, max_length=128, show_progress=False)
+
+    model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
+    assert type(model).__name__ == "MeanPoolBertForSequenceClassification"
+    texts = [template.format(query=q, passage=p) for q, p in zip(queries, passages, strict=True)]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reference = model.eval()(**enc).logits[:, 0].numpy()
+    np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
+    assert np.ptp(reference) > 0.1
+
+
 def _write_training_data(path, rows: int = 32) -> None:
     with path.open("w") as f:
         for i in range(rows):

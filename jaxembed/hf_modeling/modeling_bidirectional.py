@@ -15,13 +15,17 @@ sentence-transformers modules beside this file (or yours).
 
 Rerankers (cross-encoders) exported by jaxembed use the `*ForSequenceClassification` classes
 (AutoModelForSequenceClassification, sentence-transformers' CrossEncoder): the same
-bidirectional backbone, mean pooling over the real tokens and a linear head to one score.
+bidirectional backbone, mean pooling over the real tokens and a linear head to one score;
+a BERT-family reranker uses `MeanPoolBertForSequenceClassification` (BertModel is
+bidirectional already; the class differs from BertForSequenceClassification, which scores
+the CLS token through its pooler).
 """
 
 from __future__ import annotations
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPast, SequenceClassifierOutput
+from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaModel, LlamaPreTrainedModel
 from transformers.models.mistral.modeling_mistral import MistralModel, MistralPreTrainedModel
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model, Qwen2PreTrainedModel
@@ -124,7 +128,8 @@ class _MeanPoolScoreMixin:
 
     def _build(self, config) -> None:
         self.num_labels = config.num_labels
-        self.model = self.backbone_class(config)
+        # Under the family's own name ("model", "bert"), as its checkpoints hold it.
+        setattr(self, self.base_model_prefix, self.backbone_class(config))
         self.score = torch.nn.Linear(config.hidden_size, config.num_labels, bias=True)
         self.post_init()
 
@@ -137,7 +142,7 @@ class _MeanPoolScoreMixin:
         labels: torch.Tensor | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput:
-        hidden = self.model(
+        hidden = getattr(self, self.base_model_prefix)(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -180,6 +185,14 @@ class BidirectionalMistralForSequenceClassification(_MeanPoolScoreMixin, Mistral
 
 class BidirectionalQwen2ForSequenceClassification(_MeanPoolScoreMixin, Qwen2PreTrainedModel):
     backbone_class = BidirectionalQwen2Model
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._build(config)
+
+
+class MeanPoolBertForSequenceClassification(_MeanPoolScoreMixin, BertPreTrainedModel):
+    backbone_class = staticmethod(lambda config: BertModel(config, add_pooling_layer=False))
 
     def __init__(self, config) -> None:
         super().__init__(config)

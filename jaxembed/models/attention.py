@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -91,22 +93,30 @@ class HeadsMerge(nn.Module):
         return out + jnp.asarray(bias, self.dtype)
 
 
+@dataclass(frozen=True)
+class ProbabilityDropout:
+    """BERT's attention dropout: `keep(shape)` draws the keep mask (per batch row) of the
+    probabilities [B, kv_heads, group, T, S] at `rate`."""
+
+    rate: float
+    keep: Callable[[tuple[int, ...]], jax.Array]
+
+
 def attend(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
     mask: jax.Array,
     implementation: str | None,
-    drop_probabilities: Callable[[jax.Array], jax.Array] | None = None,
+    dropout: ProbabilityDropout | None = None,
 ) -> jax.Array:
     """`softmax_attention`, or with a named `jax.nn.dot_product_attention` implementation
     (e.g. "cudnn") that kernel, which wants [B, T, heads, d] and groups GQA heads itself.
-    `drop_probabilities` (BERT's attention dropout, training only) is applied to the
-    attention probabilities [B, kv_heads, group, T, S]; the kernels have no such hook."""
-    if drop_probabilities is not None:
+    `dropout` (training only) drops attention probabilities; the kernels have no such hook."""
+    if dropout is not None:
         if implementation is not None:
             raise ValueError(f"attention dropout needs jaxembed's attention, not {implementation}")
-        return _dropped_softmax_attention(q, k, v, mask, drop_probabilities)
+        return softmax_attention(q, k, v, mask, dropout)
     if implementation is None:
         return softmax_attention(q, k, v, mask)
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
@@ -117,48 +127,48 @@ def attend(
     return jnp.swapaxes(out, 1, 2)
 
 
-def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def softmax_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    dropout: ProbabilityDropout | None = None,
+) -> jax.Array:
     """softmax(q k^T / sqrt(d), masked) v on q [B, heads, T, d], k and v [B, kv_heads, S, d];
-    `mask` [B, 1, T or 1, S] is True where a key may be attended. Scores and softmax in f32."""
+    `mask` [B, 1, T or 1, S] is True where a key may be attended. Scores and softmax in f32.
+    With `dropout`, the probabilities are dropped (and the rest scaled) as HF BERT trains."""
     b, heads, t, d = q.shape
     kv_heads = k.shape[1]
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} kv heads")
     grouped = q.reshape(b, kv_heads, heads // kv_heads, t, d)
-    return _attention(grouped, k, v, mask[:, :, None]).reshape(b, heads, t, d)
+    if dropout is None:
+        out = _attention(grouped, k, v, mask[:, :, None])
+    else:
+        keep = dropout.keep((b, kv_heads, heads // kv_heads, t, k.shape[2]))
+        out = _dropped_attention(grouped, k, v, mask[:, :, None], keep, dropout.rate)
+    return out.reshape(b, heads, t, d)
 
 
-def _dropped_softmax_attention(
+def _forward(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
     mask: jax.Array,
-    drop: Callable[[jax.Array], jax.Array],
-) -> jax.Array:
-    """`softmax_attention` with dropout on the probabilities, as HF BERT trains. Plain
-    autodiff: the written-out backward of `_attention` has no place for the mask."""
-    b, heads, t, d = q.shape
-    kv_heads = k.shape[1]
-    grouped = q.reshape(b, kv_heads, heads // kv_heads, t, d)
-    scale = 1.0 / math.sqrt(d)
-    scores = jnp.einsum("bkgth,bksh->bkgts", grouped, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, :, None], scores * scale, jnp.finfo(jnp.float32).min)
-    probabilities = drop(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksh->bkgth", probabilities, v, preferred_element_type=jnp.float32)
-    return out.astype(v.dtype).reshape(b, heads, t, d)
-
-
-def _forward(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array
+    keep: jax.Array | None = None,
+    rate: float = 0.0,
 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """With `keep`, the kept probabilities are scaled by 1/(1 - rate): folded into the one
+    division by the row total."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = jnp.einsum("bkgth,bksh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True)).astype(v.dtype)
-    total = jnp.sum(weights, axis=-1, keepdims=True, dtype=jnp.float32)
-    unnormalized = jnp.einsum("bkgts,bksh->bkgth", weights, v, preferred_element_type=jnp.float32)
+    total = jnp.sum(weights, axis=-1, keepdims=True, dtype=jnp.float32) * (1.0 - rate)
+    kept = weights if keep is None else jnp.where(keep, weights, 0)
+    unnormalized = jnp.einsum("bkgts,bksh->bkgth", kept, v, preferred_element_type=jnp.float32)
     out = (unnormalized / total).astype(v.dtype)
-    return out, (q, k, v, weights, total, out)
+    return out, (q, k, v, weights, keep, total, out)
 
 
 @jax.custom_vjp
@@ -166,21 +176,50 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax
     return _forward(q, k, v, mask)[0]
 
 
-def _backward(residuals: tuple[jax.Array, ...], d_out: jax.Array) -> tuple[Any, ...]:
-    # With P = W / total (W the unnormalized weights): dV = P^T dO, dP = dO V^T and
-    # dS = P * (dP - rowsum(dO * O)); dividing dO by total once gives P's factor for free.
-    q, k, v, weights, total, out = residuals
+def _backward(
+    residuals: tuple[Any, ...], d_out: jax.Array, rate: float = 0.0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    # With P = W / total (W the unnormalized weights), the dropped P' = P * keep / (1 - r):
+    # dV = P'^T dO, dP' = dO V^T, dP = dP' * keep / (1 - r), and dS = P * (dP - rowsum(P dP))
+    # where rowsum(P dP) = rowsum(dO * O). Dividing dO by total (1 - r) once gives P''s
+    # factor for free: dS = W * (keep (dO' V^T) - (1 - r) rowsum(dO' * O)).
+    q, k, v, weights, keep, total, out = residuals
     scale = 1.0 / math.sqrt(q.shape[-1])
     d_scaled = (d_out.astype(jnp.float32) / total).astype(v.dtype)
-    d_v = jnp.einsum("bkgts,bkgth->bksh", weights, d_scaled)
+    kept = weights if keep is None else jnp.where(keep, weights, 0)
+    d_v = jnp.einsum("bkgts,bkgth->bksh", kept, d_scaled)
     d_weights = jnp.einsum("bkgth,bksh->bkgts", d_scaled, v, preferred_element_type=jnp.float32)
-    row_dot = jnp.sum(
+    if keep is not None:
+        d_weights = jnp.where(keep, d_weights, 0.0)
+    row_dot = (1.0 - rate) * jnp.sum(
         d_scaled.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True
     )
     d_scores = (weights.astype(jnp.float32) * (d_weights - row_dot) * scale).astype(q.dtype)
     d_q = jnp.einsum("bkgts,bksh->bkgth", d_scores, k)
     d_k = jnp.einsum("bkgts,bkgth->bksh", d_scores, q)
-    return d_q, d_k, d_v.astype(v.dtype), None
+    return d_q, d_k, d_v.astype(v.dtype)
 
 
-_attention.defvjp(_forward, _backward)
+def _plain_backward(residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
+    return (*_backward(residuals, d_out), None)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _dropped_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, keep: jax.Array, rate: float
+) -> jax.Array:
+    return _forward(q, k, v, mask, keep, rate)[0]
+
+
+def _dropped_forward(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, keep: jax.Array, rate: float
+) -> tuple[jax.Array, tuple[Any, ...]]:
+    return _forward(q, k, v, mask, keep, rate)
+
+
+def _dropped_backward(rate: float, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple:
+    return (*_backward(residuals, d_out, rate), None, None)
+
+
+_dropped_attention.defvjp(_dropped_forward, _dropped_backward)
+_attention.defvjp(_forward, _plain_backward)

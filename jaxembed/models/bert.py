@@ -19,7 +19,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxembed.models.attention import HeadsMerge, HeadsProjection, attend, partitioned_init
+from jaxembed.models.attention import (
+    HeadsMerge,
+    HeadsProjection,
+    ProbabilityDropout,
+    attend,
+    partitioned_init,
+)
 from jaxembed.models.dropout import RowDropout
 from jaxembed.models.layer_stack import REMAT_POLICIES, loop_layers, scanned_layers
 from jaxembed.models.llama import attention_mask
@@ -180,18 +186,13 @@ class SelfAttention(nn.Module):
             return y if delta is None else y + jnp.swapaxes(delta, 1, 2)
 
         drop_module = RowDropout(cfg.attention_dropout, name="probabilities_dropout")
-
-        def drop(probabilities: jax.Array) -> jax.Array:
-            return drop_module(probabilities, row_ids)
-
-        drops = cfg.attention_dropout and self.has_rng("dropout")
+        dropout = None
+        if cfg.attention_dropout and self.has_rng("dropout"):
+            dropout = ProbabilityDropout(
+                cfg.attention_dropout, lambda shape: drop_module.keep_mask(shape, row_ids)
+            )
         out = attend(
-            project("query"),
-            project("key"),
-            project("value"),
-            mask,
-            cfg.attention_impl,
-            drop if drops else None,
+            project("query"), project("key"), project("value"), mask, cfg.attention_impl, dropout
         )
         y = HeadsMerge(cfg.hidden_size, True, dtype, pdtype, name="output")(out)
         heads_last = jnp.swapaxes(out, 1, 2)  # the adapter contracts [.., heads, d]

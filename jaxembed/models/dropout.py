@@ -74,3 +74,8 @@ class RowDropout(nn.Module):
 
     def __call__(self, x: jax.Array, row_ids: jax.Array | None = None) -> jax.Array:
         return module_dropout(self, x, self.rate, row_ids)
+
+    def keep_mask(self, shape: tuple[int, ...], row_ids: jax.Array | None = None) -> jax.Array:
+        """The mask alone, for a caller that applies it itself (attention's written-out
+        backward)."""
+        return row_keep_mask(self.make_rng("dropout"), shape, self.rate, row_ids)

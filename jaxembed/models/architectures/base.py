@@ -54,6 +54,11 @@ def hf_dimensions(hf: dict[str, Any], source: str) -> dict[str, int]:
         raise UserInputError(f"{source}: missing key {e.args[0]!r}") from e
 
 
+# The modeling code shipped into exported directories (jaxembed/hf_modeling/), which
+# config.json's "auto_map" entries name.
+MODELING_FILE = "modeling_bidirectional.py"
+
+
 @dataclass(frozen=True)
 class HFExportClasses:
     """How an exported directory names its model for transformers."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from jaxembed.errors import UserInputError
 from jaxembed.models.architectures.base import (
+    MODELING_FILE,
     Architecture,
     HFExportClasses,
     WeightMap,
@@ -132,6 +133,8 @@ def hf_config_fields(config: BertConfig, model_type: str) -> dict[str, Any]:
     )
 
 
+BERT_RERANKER_CLASS = "MeanPoolBertForSequenceClassification"
+
 BERT = Architecture(
     name="bert",
     config_type=BertConfig,
@@ -144,8 +147,12 @@ BERT = Architecture(
     export_model_type=lambda config: "bert",
     hf_config_fields=hf_config_fields,
     export_classes=lambda model_type: HFExportClasses(("BertModel",)),
-    # BertForSequenceClassification scores CLS through its pooler, not jaxembed's head.
-    reranker_export_classes=lambda model_type: None,
+    # BertForSequenceClassification scores CLS through its pooler, not jaxembed's mean-pooled
+    # head: the export ships the head's class in the modeling file.
+    reranker_export_classes=lambda model_type: HFExportClasses(
+        (BERT_RERANKER_CLASS,),
+        {"AutoModelForSequenceClassification": f"{MODELING_FILE[:-3]}.{BERT_RERANKER_CLASS}"},
+    ),
     lora_projections=LORA_PROJECTIONS,
     lora_default_targets=ALL_PROJECTIONS,
     max_length=lambda config: config.max_position_embeddings,

@@ -11,6 +11,7 @@ from typing import Any
 
 from jaxembed.errors import UserInputError
 from jaxembed.models.architectures.base import (
+    MODELING_FILE,
     Architecture,
     HFExportClasses,
     WeightMap,
@@ -22,7 +23,6 @@ from jaxembed.models.llama import LlamaConfig, LlamaModel
 from jaxembed.models.lora import ALL_PROJECTIONS
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
-MODELING_FILE = "modeling_bidirectional.py"
 # The shipped file's bidirectional backbone class per model_type.
 MODELING_CLASSES = {
     "llama": "BidirectionalLlamaModel",
