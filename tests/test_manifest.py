@@ -240,6 +240,43 @@ def test_symmetric_tasks_default_to_the_query_instruction(mix):
     assert entries["emotion"].symmetric and not entries["ret"].symmetric
 
 
+def test_synth_classification_records_keep_their_own_task_instruction(tmp_path):
+    """`jaxembed synth --strategy classification` output (the task as each record's
+    instruction, provenance beside it) as a classification dataset: both sides carry the
+    record's task, not the manifest's."""
+    task = "sort the alpha"
+    rows = [
+        {
+            "query": _text("tweet", i),
+            "positives": [LABELS[i % 4]],
+            "negatives": [LABELS[(i + 1) % 4]],
+            "instruction": task,
+            "provenance": {"strategy": "classification", "model": "m"},
+        }
+        for i in range(12)
+    ]
+    _write_jsonl(tmp_path / "synth_cls.jsonl", rows)
+    manifest = tmp_path / "mix.yaml"
+    manifest.write_text(
+        "datasets:\n  - {path: synth_cls.jsonl, task: classification,"
+        " query_instruction: ignored default}\n"
+    )
+    tok = _tokenizer(manifest)
+    config = PipelineConfig(
+        global_batch_size=4, num_negatives=1, query_max_length=48, passage_max_length=48,
+        prefetch=0,
+    )  # fmt: skip
+    with BatchIterator(_datasets(manifest), tok, config) as it:
+        batch = {k: np.asarray(v) for k, v in next(it).items()}
+    for i in range(4):
+        query = _decode(tok, batch["query_input_ids"][i], batch["query_attention_mask"][i])
+        label = _decode(
+            tok, batch["passage_input_ids"][i, 0], batch["passage_attention_mask"][i, 0]
+        )
+        assert query.startswith(f"Instruct : {task} Query : tweet")
+        assert label.startswith(f"Instruct : {task} Query :") and label.split()[-1] in LABELS
+
+
 def test_pairs_keep_scores_above_the_threshold(tmp_path):
     table = tmp_path / "stsb.tsv"
     table.write_text(
