@@ -426,6 +426,9 @@ def test_step_one_tasks_may_come_as_objects():
     answer = {"tasks": [{"id": 1, "description": "Find trials of a drug."}, "Find reviews.",
                         {"name": "x", "task": "Find guidelines."}, {"id": 3}]}  # fmt: skip
     assert parse_tasks(answer) == ["Find trials of a drug.", "Find reviews.", "Find guidelines."]
+    # SmolLM2's own answer to the classification step 1 (labels as a list beside the name).
+    answer = {"tasks": [{"type": "SentimentAnalysis", "labels": ["Positive", "Negative"]}]}
+    assert parse_tasks(answer) == ["Sentiment Analysis: Positive, Negative"]
 
 
 def test_the_rate_cap_spaces_request_starts(corpus, tmp_path):
@@ -437,3 +440,22 @@ def test_the_rate_cap_spaces_request_starts(corpus, tmp_path):
                      "--rate", "10") == 0  # fmt: skip
     gaps = [b - a for a, b in zip(llm.arrivals, llm.arrivals[1:], strict=False)]
     assert len(gaps) == 5 and min(gaps) > 0.07
+
+
+def test_classification_answers_need_label_names():
+    """Wrong labels: each once, never the right one, as many as asked; a "label" that is a
+    sentence (SmolLM2 echoes its text as misleading labels) rejects the answer."""
+    from jaxembed.synth.answers import BadAnswer
+    from jaxembed.synth.strategies import Classification, Item
+
+    strategy = Classification(num_misleading=2)
+    item = Item("task0#0", "classification", {}, {"task": "Sentiment: positive, negative"})
+    answer = {
+        "text": "Great food.",
+        "label": "positive",
+        "misleading_labels": ["Positive", "negative", "negative", "neutral", "mixed"],
+    }
+    assert strategy.record(item, answer)["negatives"] == ["negative", "neutral"]
+    echo = "The new employee is a skilled and talented individual who is very helpful."
+    with pytest.raises(BadAnswer, match="a label of 13 words"):
+        strategy.record(item, {"text": echo, "label": "positive", "misleading_labels": [echo]})

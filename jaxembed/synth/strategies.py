@@ -17,6 +17,7 @@ so the same seed asks for the same items whatever ran before (the answers may di
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,7 +64,8 @@ class Strategy(Protocol):
     def record(self, item: Item, answer: dict[str, Any]) -> dict[str, Any]: ...
 
 
-TASK_KEYS = ("task", "description", "text", "name")
+MAX_LABEL_WORDS = 8
+TASK_KEYS = ("task", "description", "text", "name", "title", "type", "category")
 
 
 def parse_tasks(answer: dict[str, Any]) -> list[str]:
@@ -76,9 +78,18 @@ def parse_tasks(answer: dict[str, Any]) -> list[str]:
 
 
 def _task_text(task: Any) -> Any:
-    if isinstance(task, dict):
-        return next((task[k] for k in TASK_KEYS if isinstance(task.get(k), str)), None)
-    return task
+    """A task object's text; its "labels" list, if any, appended (small models answer
+    `{"type": "SentimentAnalysis", "labels": [...]}` for "Classify ... : a, b or c")."""
+    if not isinstance(task, dict):
+        return task
+    text = next((task[k] for k in TASK_KEYS if isinstance(task.get(k), str)), None)
+    labels = task.get("labels")
+    if text is None or not isinstance(labels, list):
+        return text
+    labels = [x for x in labels if isinstance(x, str) and x.strip()]
+    # CamelCase names read as words: "SentimentAnalysis" -> "Sentiment Analysis".
+    text = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", text.strip())
+    return f"{text}: {', '.join(labels)}" if labels else text
 
 
 class _TwoStep:
@@ -226,9 +237,18 @@ class Classification(_TwoStep):
 
     def record(self, item: Item, answer: dict[str, Any]) -> dict[str, Any]:
         text, label = text_field(answer, "text"), text_field(answer, "label")
-        wrong = [m for m in text_list(answer, "misleading_labels") if m.lower() != label.lower()]
+        # A label names a class: a sentence there (small models echo the text) is no label.
+        for name in (label, *text_list(answer, "misleading_labels")):
+            if len(name.split()) > MAX_LABEL_WORDS:
+                raise BadAnswer(f"a label of {len(name.split())} words (a label is a name)")
+        wrong, seen = [], {label.strip().lower()}
+        for name in text_list(answer, "misleading_labels"):
+            if name.strip().lower() not in seen:  # each wrong label once, never the right one
+                seen.add(name.strip().lower())
+                wrong.append(name)
         if not wrong:
             raise BadAnswer("no misleading label differs from the label")
+        wrong = wrong[: self.num_misleading]
         return {
             "query": text,
             "positives": [label],
