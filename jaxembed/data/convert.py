@@ -12,7 +12,6 @@ loss masks them as false negatives (two records of one label in a batch).
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxembed.data.errors import ErrorPolicy
+from jaxembed.data.formats import json_lines
 from jaxembed.errors import UserInputError
 
 _NEGATIVE_TAG = 0xC1A55
@@ -42,17 +43,8 @@ def read_rows(path: str | Path) -> Iterator[Row]:
             for row in reader:
                 yield Row(reader.line_num, row)
         return
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise UserInputError(f"{path}:{line}: invalid JSON: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise UserInputError(f"{path}:{line}: expected a JSON object")
-            yield Row(line, obj)
+    for line, _, obj in json_lines(path, ErrorPolicy("raise", None)):
+        yield Row(line, obj)
 
 
 def field(row: Row, name: str, path: str | Path) -> Any:

@@ -58,7 +58,7 @@ def _lines(
                 policy.handle(DataFormatError(path, lineno, "empty line"), raw)
 
 
-def _json_lines(
+def json_lines(
     path: Path, policy: ErrorPolicy, skip_blank: bool = True
 ) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
     for lineno, raw, text in _lines(path, policy, skip_blank):
@@ -148,7 +148,7 @@ def read_text_column(path: str | Path, key: str = "text") -> list[str]:
     is an error rather than skipped."""
     path = Path(path)
     texts = []
-    for lineno, _, obj in _json_lines(path, ErrorPolicy("raise", None), skip_blank=False):
+    for lineno, _, obj in json_lines(path, ErrorPolicy("raise", None), skip_blank=False):
         value = obj.get(key)
         if not isinstance(value, str):
             problem = "missing" if value is None else f"not a string ({type(value).__name__})"
@@ -180,7 +180,7 @@ def read_training_jsonl(
     path = Path(path)
     policy = ErrorPolicy(on_error, rejects)
     name = path.stem if dataset is None else dataset
-    for lineno, raw, obj in _json_lines(path, policy):
+    for lineno, raw, obj in json_lines(path, policy):
         try:
             yield parse_training_record(obj, format, instruction=instruction, dataset=name)
         except _BadRecord as e:
@@ -212,7 +212,7 @@ def read_beir_corpus(
     path = Path(path)
     policy = ErrorPolicy(on_error, rejects)
     corpus: dict[str, Passage] = {}
-    for lineno, raw, obj in _json_lines(path, policy):
+    for lineno, raw, obj in json_lines(path, policy):
         try:
             doc_id = _beir_id(obj)
             text = _string(obj.get("text", ""), "'text'", required=False)
@@ -234,7 +234,7 @@ def read_beir_queries(
     path = Path(path)
     policy = ErrorPolicy(on_error, rejects)
     queries: dict[str, str] = {}
-    for lineno, raw, obj in _json_lines(path, policy):
+    for lineno, raw, obj in json_lines(path, policy):
         try:
             query_id = _beir_id(obj)
             if "text" not in obj:

@@ -23,7 +23,7 @@ The query instruction is not used (the reranker has none).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -116,29 +116,33 @@ def _read(records: Sequence[TrainingRecord], indices: Sequence[int]) -> list[Tra
     return [records[int(i)] for i in indices]
 
 
+def _scan(records: Sequence[TrainingRecord]) -> Iterator[TrainingRecord]:
+    """Every record in order, read a chunk at a time (the start-up scans that every process
+    makes alike, so all agree on the plan)."""
+    n = len(records)
+    for start in range(0, n, _SCAN_CHUNK):
+        yield from _read(records, range(start, min(start + _SCAN_CHUNK, n)))
+
+
 def text_keys(spec: DatasetSpec) -> list[np.ndarray]:
     """Per record, the hashes of every text it may bring into a batch (its query, all its
     positives and negatives: a superset of the picked ones), the same on every process."""
-    keys: list[np.ndarray] = []
-    n = len(spec.records)
-    for start in range(0, n, _SCAN_CHUNK):
-        for record in _read(spec.records, range(start, min(start + _SCAN_CHUNK, n))):
-            ids = [doc_hash(text_id(record.query))]
-            ids += [doc_hash(p.id, spec.name) for p in (*record.positives, *record.negatives)]
-            keys.append(np.asarray(ids, dtype=np.int64))
-    return keys
+    return [
+        np.asarray(
+            [doc_hash(text_id(r.query))]
+            + [doc_hash(p.id, spec.name) for p in (*r.positives, *r.negatives)],
+            dtype=np.int64,
+        )
+        for r in _scan(spec.records)
+    ]
 
 
 def _eligible(spec: DatasetSpec, config: PipelineConfig) -> np.ndarray:
-    n = len(spec.records)
     if config.fewer_negatives == "fill" or config.num_negatives == 0:
-        return np.arange(n)
+        return np.arange(len(spec.records))
     # Dropping needs every record's negative count up front, on every process, so that all
     # agree on the plan: one scan of the dataset at start-up.
-    counts = np.zeros(n, dtype=np.int64)
-    for start in range(0, n, _SCAN_CHUNK):
-        chunk = _read(spec.records, range(start, min(start + _SCAN_CHUNK, n)))
-        counts[start : start + len(chunk)] = [len(r.negatives) for r in chunk]
+    counts = np.fromiter((len(r.negatives) for r in _scan(spec.records)), dtype=np.int64)
     return np.flatnonzero(counts >= config.num_negatives)
 
 

@@ -211,15 +211,9 @@ def _dropped_attention(
     return _forward(q, k, v, mask, keep, rate)[0]
 
 
-def _dropped_forward(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, keep: jax.Array, rate: float
-) -> tuple[jax.Array, tuple[Any, ...]]:
-    return _forward(q, k, v, mask, keep, rate)
-
-
 def _dropped_backward(rate: float, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple:
     return (*_backward(residuals, d_out, rate), None, None)
 
 
-_dropped_attention.defvjp(_dropped_forward, _dropped_backward)
+_dropped_attention.defvjp(_forward, _dropped_backward)
 _attention.defvjp(_forward, _plain_backward)

@@ -115,30 +115,32 @@ class _Evaluator:
 
 
 def load_datasets(d: DataSettings) -> list[DatasetSpec]:
+    return [_dataset(entry) for entry in _entries(d)]
+
+
+def _entries(d: DataSettings) -> list[ManifestEntry]:
+    """The manifest's datasets, or `data.train_files` as retrieval datasets of the same shape."""
     if d.manifest:
-        return [_manifest_dataset(entry) for entry in read_manifest(d.manifest)]
+        return read_manifest(d.manifest)
     weights = list(d.weights) if d.weights else [1.0] * len(d.train_files)
     if len(weights) != len(d.train_files):
         raise UserInputError(
             f"data.weights has {len(weights)} values for {len(d.train_files)} data.train_files"
         )
-    specs = []
-    for path, weight in zip(d.train_files, weights, strict=True):
-        records = list(read_training_jsonl(path, format=d.format, instruction=d.instruction))
-        if not records:
-            raise UserInputError(f"{path}: no training records")
-        specs.append(DatasetSpec(Path(path).stem, records, float(weight)))
-    return specs
+    return [
+        ManifestEntry(Path(path).stem, path, d.format, "retrieval", float(w), d.instruction)
+        for path, w in zip(d.train_files, weights, strict=True)
+    ]
 
 
-def _manifest_dataset(entry: ManifestEntry) -> DatasetSpec:
+def _dataset(entry: ManifestEntry) -> DatasetSpec:
     records = list(
         read_training_jsonl(
             entry.path, format=entry.format, instruction=entry.query_instruction, dataset=entry.name
         )
     )
     if not records:
-        raise UserInputError(f"{entry.path}: no training records (dataset {entry.name!r})")
+        raise UserInputError(f"{entry.path}: no training records")
     return DatasetSpec(
         entry.name, records, entry.weight, document_instruction=entry.document_instruction
     )
