@@ -41,6 +41,14 @@ def process_rows(sharding: Sharding | None, global_batch_size: int) -> tuple[int
     return start, stop
 
 
+def batch_shards(sharding: Sharding | None, global_batch_size: int) -> int:
+    """How many equal pieces the batch axis is split into (1 without a sharding)."""
+    if sharding is None:
+        return 1
+    index_map = sharding.devices_indices_map((global_batch_size,))
+    return len({(s[0].start or 0, s[0].stop) for s in index_map.values()})
+
+
 class LengthAgreement:
     """Element-wise max of small int vectors over all processes, once per global step.
 
@@ -88,8 +96,12 @@ class LengthAgreement:
 def assemble(
     local: dict[str, np.ndarray], sharding: Sharding, global_batch_size: int
 ) -> dict[str, jax.Array]:
-    """Per-process rows to global arrays laid out by `sharding` (the batch axis is dim 0)."""
+    """Per-process rows to global arrays laid out by `sharding` (the batch axis is dim 0).
+    Every process holds an equal block of every array's rows (packed rows too: the global
+    row count is the local one times the processes' blocks)."""
+    start, stop = process_rows(sharding, global_batch_size)
+    blocks = global_batch_size // (stop - start)
     return {
-        k: jax.make_array_from_process_local_data(sharding, v, (global_batch_size, *v.shape[1:]))
+        k: jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * blocks, *v.shape[1:]))
         for k, v in local.items()
     }

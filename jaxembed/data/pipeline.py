@@ -18,11 +18,18 @@ its passages by the template (`jaxembed.data.pairs`), the query cut to `query_ma
 tokens and the pair to `passage_max_length`, and the query/passage arrays are replaced by
   pair_input_ids, pair_attention_mask  [B, G, Lp]  (pair 0: query + positive)
 The query instruction is not used (the reranker has none).
+
+Packed mode (`packing="rows"`, see `jaxembed.data.packing`): each side's texts are packed
+into rows of its max length, Rq and Rp of them, with (per side)
+  {side}_input_ids, _attention_mask, _pool_mask, _segment_ids, _positions  [Rq or Rp, L]
+  query_slots [B], passage_slots [B, G] (pair_slots [B, G])  each text's packed slot
+doc_ids and dataset_index are as above; the loss sees the same [B, ...] embeddings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -32,7 +39,8 @@ from transformers import PreTrainedTokenizerFast
 
 from jaxembed.data.batching import check_buckets, pad, pick_bucket, tokenize
 from jaxembed.data.examples import FewerRule, MoreRule, make_example
-from jaxembed.data.multihost import LengthAgreement, assemble, process_rows
+from jaxembed.data.multihost import LengthAgreement, assemble, batch_shards, process_rows
+from jaxembed.data.packing import PACKING_MODES, first_fit_rows, pack, row_bucket
 from jaxembed.data.pairs import check_pair_template, tokenize_pairs
 from jaxembed.data.prefetch import Prefetcher
 from jaxembed.data.records import Passage, TrainingRecord, doc_hash, text_id
@@ -70,18 +78,28 @@ class PipelineConfig:
     prefetch: int = 2
     # Non-empty: yield joined (query, passage) pairs for a cross-encoder (see module doc).
     pair_template: str = ""
+    # "rows": pack each side's texts into rows of its max length (module doc); "none": pad.
+    packing: str = "none"
+    # Texts per packed row at most (the model pools this many slots per row).
+    pack_max_segments: int = 32
+    # Packed row counts are multiples of these (GradCache chunks split rows evenly).
+    query_row_multiple: int = 1
+    passage_row_multiple: int = 1
 
     def __post_init__(self) -> None:
         choices = {
             "more_negatives": ("first", "sample"),
             "positive": ("first", "sample"),
             "fewer_negatives": ("fill", "drop"),
+            "packing": PACKING_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
         if self.global_batch_size < 1 or self.num_negatives < 0 or self.prefetch < 0:
             raise ValueError("need global_batch_size >= 1, num_negatives >= 0, prefetch >= 0")
+        if min(self.pack_max_segments, self.query_row_multiple, self.passage_row_multiple) < 1:
+            raise ValueError("pack_max_segments and the row multiples must be >= 1")
         if self.pair_template:
             check_pair_template(self.pair_template)
 
@@ -190,6 +208,7 @@ class BatchIterator:
             keys=[text_keys(d) for d in self.datasets] if config.no_duplicates else None,
         )
         self._rows = process_rows(sharding, config.global_batch_size)
+        self._shards = batch_shards(sharding, config.global_batch_size)
         self._agree = LengthAgreement(name)
         self._produced = state or IteratorState.start(len(self.datasets))
         self._state = self._produced
@@ -278,11 +297,25 @@ class BatchIterator:
             cfg.passage_max_length,
             [chars for e in examples for chars in e.passage_prefix_chars],
         )
+        b, group = len(examples), 1 + cfg.num_negatives
+        shared = {
+            "doc_ids": np.asarray([e.doc_ids for e in examples], dtype=np.int32),
+            "dataset_index": plan.dataset[rows].astype(np.int32),
+        }
+        if cfg.packing == "rows":
+            query, passage = self._pack_sides(
+                step,
+                [
+                    (q_ids, q_starts, cfg.query_max_length, cfg.query_row_multiple),
+                    (p_ids, p_starts, cfg.passage_max_length, cfg.passage_row_multiple),
+                ],
+            )
+            passage = dict(passage, slots=passage["slots"].reshape(b, group))
+            return _prefixed("query", query) | _prefixed("passage", passage) | shared
         q_len, p_len = self._agree(step, [max(map(len, q_ids)), max(map(len, p_ids))])
         pad_id = self._tokenizer.pad_token_id
         q, q_mask, q_pool = pad(q_ids, q_starts, pick_bucket(q_len, self._q_buckets), pad_id)
         p, p_mask, p_pool = pad(p_ids, p_starts, pick_bucket(p_len, self._p_buckets), pad_id)
-        b, group = len(examples), 1 + cfg.num_negatives
         return {
             "query_input_ids": q,
             "query_attention_mask": q_mask,
@@ -290,9 +323,40 @@ class BatchIterator:
             "passage_input_ids": p.reshape(b, group, -1),
             "passage_attention_mask": p_mask.reshape(b, group, -1),
             "passage_pool_mask": p_pool.reshape(b, group, -1),
-            "doc_ids": np.asarray([e.doc_ids for e in examples], dtype=np.int32),
-            "dataset_index": plan.dataset[rows].astype(np.int32),
-        }
+        } | shared
+
+    def _pack_sides(
+        self, step: int, sides: Sequence[tuple[list[list[int]], list[int], int, int]]
+    ) -> list[dict[str, np.ndarray]]:
+        """Each side's (ids, pool starts, row length, row multiple) packed into this
+        process's block of rows; every process agrees on the row counts."""
+        cfg = self.config
+        start, stop = self._rows
+        blocks = cfg.global_batch_size // (stop - start)  # processes' equal row blocks
+        layouts = [
+            first_fit_rows(list(map(len, ids)), length, cfg.pack_max_segments)
+            for ids, _, length, _ in sides
+        ]
+        needed = self._agree(step, [len(layout) for layout in layouts])
+        out = []
+        for (ids, starts, length, multiple), layout, rows in zip(
+            sides, layouts, needed, strict=True
+        ):
+            # Rows split evenly over every batch shard and GradCache chunk, per process.
+            align = math.lcm(self._shards, multiple) // blocks
+            num_rows = row_bucket(rows, len(ids), align)
+            packed = pack(
+                ids,
+                starts,
+                layout,
+                num_rows=num_rows,
+                length=length,
+                max_segments=cfg.pack_max_segments,
+                pad_id=self._tokenizer.pad_token_id,
+                row_offset=(start // (stop - start)) * num_rows,
+            )
+            out.append(packed.arrays())
+        return out
 
     def _pair_batch(
         self, examples: Sequence[Any], dataset: np.ndarray, step: int
@@ -309,13 +373,25 @@ class BatchIterator:
             max_length=cfg.passage_max_length,
             query_max_length=cfg.query_max_length,
         )
-        (length,) = self._agree(step, [max(map(len, ids))])
-        pad_id = self._tokenizer.pad_token_id
-        x, mask, _ = pad(ids, [0] * len(ids), pick_bucket(length, self._p_buckets), pad_id)
         b, group = len(examples), 1 + cfg.num_negatives
-        return {
-            "pair_input_ids": x.reshape(b, group, -1),
-            "pair_attention_mask": mask.reshape(b, group, -1),
+        shared = {
             "doc_ids": np.asarray([e.doc_ids for e in examples], dtype=np.int32),
             "dataset_index": dataset.astype(np.int32),
         }
+        if cfg.packing == "rows":
+            (pairs,) = self._pack_sides(
+                step, [(ids, [0] * len(ids), cfg.passage_max_length, cfg.passage_row_multiple)]
+            )
+            pairs = dict(pairs, slots=pairs["slots"].reshape(b, group))
+            return _prefixed("pair", pairs) | shared
+        (length,) = self._agree(step, [max(map(len, ids))])
+        pad_id = self._tokenizer.pad_token_id
+        x, mask, _ = pad(ids, [0] * len(ids), pick_bucket(length, self._p_buckets), pad_id)
+        return {
+            "pair_input_ids": x.reshape(b, group, -1),
+            "pair_attention_mask": mask.reshape(b, group, -1),
+        } | shared
+
+
+def _prefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"{prefix}_{name}": value for name, value in arrays.items()}

@@ -284,8 +284,10 @@ class BertModel(nn.Module):
         *,
         causal: bool = False,
         row_ids: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """`row_ids` [B] (global row numbers) key the per-row dropout masks."""
+        """`row_ids` [B] (global row numbers) key the per-row dropout masks; packed rows'
+        `segment_ids` as in `LlamaModel` (learned positions restart with `position_ids`)."""
         cfg = self.config
         length = input_ids.shape[1]
         if length > cfg.max_position_embeddings:
@@ -305,7 +307,9 @@ class BertModel(nn.Module):
             + self.position_embeddings(position_ids)
         )
         x = self.embeddings_dropout(self.embeddings_norm(x), row_ids)
-        mask = attention_mask(padding_mask, causal=causal, sliding_window=None)
+        mask = attention_mask(
+            padding_mask, causal=causal, sliding_window=None, segment_ids=segment_ids
+        )
         if cfg.scan_layers or self.is_initializing():
             x, _ = self.layers(x, mask, row_ids)
         else:

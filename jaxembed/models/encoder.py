@@ -24,7 +24,7 @@ from jaxembed.errors import UserInputError
 from jaxembed.models import architectures
 from jaxembed.models.architectures import ModelConfig
 from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
-from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool
+from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool, pool_segments
 from jaxembed.progress import progress_bar
 from jaxembed.prompts import format_query
 from jaxembed.sharding import batch_sharding, data_parallel_size, param_shardings, replicated
@@ -170,13 +170,16 @@ def read_pooling_settings(directory: str | Path) -> PoolingSettings:
 
 
 def make_embed_fn(
-    config: ModelConfig, pooling: str, normalize: bool = True
+    config: ModelConfig, pooling: str, normalize: bool = True, max_segments: int = 0
 ) -> Callable[..., jax.Array]:
     """`(params, {"input_ids", "attention_mask"[, "pool_mask", "row_ids"]}, adapters=None,
     dropout_rng=None) -> [rows, hidden]` f32: the bidirectional backbone (Llama family or
     BERT, by config type), pooled (and L2-normalized); shared by inference and training.
     `adapters` are LoRA adapters for `config.lora`; `dropout_rng` turns dropout on (the
-    model's own and LoRA's), with masks keyed by the inputs' `row_ids`."""
+    model's own and LoRA's), with masks keyed by the inputs' `row_ids`.
+
+    Packed rows (inputs with "segment_ids" and "positions", see `jaxembed.data.packing`)
+    give [rows, max_segments, hidden]: one vector per segment slot."""
     model = architectures.for_config(config).module(config)
 
     def embed(
@@ -192,8 +195,23 @@ def make_embed_fn(
             variables[LORA_COLLECTION] = adapters
         if dropout_rng is not None:
             extra = {"rngs": {"dropout": dropout_rng}, "row_ids": inputs.get("row_ids")}
-        hidden = model.apply(variables, inputs["input_ids"], mask, causal=False, **extra)
-        pooled = pool(hidden, mask, pooling, inputs.get("pool_mask"))
+        segments = inputs.get("segment_ids")
+        if segments is None:
+            hidden = model.apply(variables, inputs["input_ids"], mask, causal=False, **extra)
+            pooled = pool(hidden, mask, pooling, inputs.get("pool_mask"))
+        else:
+            if max_segments < 1:
+                raise ValueError("packed inputs need max_segments >= 1")
+            hidden = model.apply(
+                variables,
+                inputs["input_ids"],
+                mask,
+                inputs["positions"],
+                causal=False,
+                segment_ids=segments,
+                **extra,
+            )
+            pooled = pool_segments(hidden, segments, pooling, max_segments, inputs.get("pool_mask"))
         return l2_normalize(pooled) if normalize else pooled
 
     return embed

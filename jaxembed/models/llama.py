@@ -233,12 +233,22 @@ class DecoderLayer(nn.Module):
 
 
 def attention_mask(
-    padding_mask: jax.Array, *, causal: bool, sliding_window: int | None
+    padding_mask: jax.Array,
+    *,
+    causal: bool,
+    sliding_window: int | None,
+    segment_ids: jax.Array | None = None,
 ) -> jax.Array:
-    """Boolean [B, 1, T, T] mask: key must be a real token, and (causal) not in the future,
-    and (sliding window) within the last `sliding_window` positions, as HF Mistral counts them.
+    """Boolean [B, 1, T or 1, T] mask: key must be a real token, and (causal) not in the
+    future, and (sliding window) within the last `sliding_window` positions, as HF Mistral
+    counts them. With packed rows' `segment_ids` [B, T] (0 = padding), a token sees only
+    its own segment's tokens (segments are contiguous, so causal order and the window hold
+    within each); padding sees padding, so no attention row is empty.
     """
-    keep = padding_mask.astype(bool)[:, None, None, :]
+    if segment_ids is None:
+        keep = padding_mask.astype(bool)[:, None, None, :]
+    else:
+        keep = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
     t = padding_mask.shape[1]
     qi = jnp.arange(t)[:, None]
     ki = jnp.arange(t)[None, :]
@@ -290,8 +300,11 @@ class LlamaModel(nn.Module):
         *,
         causal: bool = False,
         row_ids: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """`row_ids` [B] (global row numbers) key the per-row LoRA dropout masks."""
+        """`row_ids` [B] (global row numbers) key the per-row LoRA dropout masks.
+        `segment_ids` [B, T] mark packed rows' texts (1, 2, ...; 0 = padding): each is
+        attended on its own, with the `position_ids` the caller restarts per segment."""
         cfg = self.config
         if padding_mask is None:
             padding_mask = jnp.ones(input_ids.shape, jnp.int32)
@@ -310,7 +323,9 @@ class LlamaModel(nn.Module):
         angles = jnp.concatenate([angles, angles], axis=-1)
         dtype = jnp.dtype(cfg.dtype)
         cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
-        mask = attention_mask(padding_mask, causal=causal, sliding_window=cfg.sliding_window)
+        mask = attention_mask(
+            padding_mask, causal=causal, sliding_window=cfg.sliding_window, segment_ids=segment_ids
+        )
         x = self.embed_tokens(input_ids)
         if cfg.scan_layers or self.is_initializing():
             x, _ = self.layers(x, mask, cos, sin, row_ids)

@@ -102,12 +102,14 @@ def load_reranker_params(
     return {"backbone": backbone, "score": head}
 
 
-def make_score_fn(config: ModelConfig, pooling: str = "mean") -> Callable[..., jax.Array]:
+def make_score_fn(
+    config: ModelConfig, pooling: str = "mean", max_segments: int = 0
+) -> Callable[..., jax.Array]:
     """`(params, {"input_ids", "attention_mask"}, adapters=None, dropout_rng=None) -> [rows]`
     f32 scores: the bidirectional backbone (with the backbone's LoRA adapters, if any),
     pooled without normalization, then the linear head (in f32, as the logits of every loss
-    are)."""
-    embed = make_embed_fn(config, pooling, normalize=False)
+    are). Packed rows (see `make_embed_fn`) give [rows, max_segments]."""
+    embed = make_embed_fn(config, pooling, normalize=False, max_segments=max_segments)
 
     def score(
         params: Any,
@@ -118,7 +120,7 @@ def make_score_fn(config: ModelConfig, pooling: str = "mean") -> Callable[..., j
         pooled = embed(params["backbone"], inputs, adapters, dropout_rng).astype(jnp.float32)
         head = params["score"]
         kernel = head["kernel"].astype(jnp.float32)
-        return (pooled @ kernel)[:, 0] + head["bias"].astype(jnp.float32)[0]
+        return (pooled @ kernel)[..., 0] + head["bias"].astype(jnp.float32)[0]
 
     return score
 

@@ -17,19 +17,8 @@ from jaxembed.losses import contrastive_loss
 from jaxembed.models.architectures import for_config
 from jaxembed.models.encoder import make_embed_fn
 from jaxembed.tasks.base import Batch, GradientFn, dropout_rng
+from jaxembed.tasks.inputs import is_packed, side_inputs, unpack_slots
 from jaxembed.train.state import ParamLayout, TrainState, trained, with_trainable
-
-
-def _side(batch: Batch, prefix: str, use_pool_mask: bool) -> Batch:
-    """The query or passage inputs of a batch, passages flattened to [B*(1+N), L]."""
-    out = {}
-    names = ("input_ids", "attention_mask") + (("pool_mask",) if use_pool_mask else ())
-    for name in names:
-        key = f"{prefix}_{name}"
-        if key in batch:
-            x = batch[key]
-            out[name] = x.reshape(-1, x.shape[-1])
-    return out
 
 
 class EmbeddingTask:
@@ -49,21 +38,26 @@ class EmbeddingTask:
         return hf.load_params(directory, model, shardings=shardings)
 
     def gradients(self, model: Any, settings: Any) -> GradientFn:
-        embed = make_embed_fn(model, settings.pooling)
+        embed = make_embed_fn(model, settings.pooling, max_segments=settings.pack_max_segments)
 
         def gradients(state: TrainState, batch: Batch) -> Any:
-            queries = _side(batch, "query", settings.exclude_instruction)
-            passages = _side(batch, "passage", settings.exclude_instruction)
-            batch_size = batch["query_input_ids"].shape[0]
+            queries = side_inputs(batch, "query", settings.exclude_instruction)
+            passages = side_inputs(batch, "passage", settings.exclude_instruction)
+            batch_size = batch["doc_ids"].shape[0]
+            packed = is_packed(batch)
             doc_ids = batch.get("doc_ids") if settings.mask_duplicates else None
             rng = dropout_rng(model, state)
             if rng is not None:
                 # Global row numbers key the dropout masks: GradCache chunks see the same ones.
                 num_passages = passages["input_ids"].shape[0]
-                queries["row_ids"] = jnp.arange(batch_size, dtype=jnp.int32)
-                passages["row_ids"] = batch_size + jnp.arange(num_passages, dtype=jnp.int32)
+                num_queries = queries["input_ids"].shape[0]
+                queries["row_ids"] = jnp.arange(num_queries, dtype=jnp.int32)
+                passages["row_ids"] = num_queries + jnp.arange(num_passages, dtype=jnp.int32)
 
             def loss_fn(q: jax.Array, p: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+                if packed:
+                    q = unpack_slots(q, batch["query_slots"])
+                    p = unpack_slots(p, batch["passage_slots"])
                 return contrastive_loss(
                     q,
                     p.reshape(batch_size, -1, p.shape[-1]),

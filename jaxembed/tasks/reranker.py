@@ -23,6 +23,7 @@ from jaxembed.models.reranker import (
     reranker_param_shapes,
 )
 from jaxembed.tasks.base import Batch, GradientFn, dropout_rng
+from jaxembed.tasks.inputs import side_inputs, unpack_slots
 from jaxembed.train.state import ParamLayout, TrainState, trained, with_trainable
 
 
@@ -66,22 +67,20 @@ class RerankerTask:
         return load_reranker_params(directory, model, rng=rng, shardings=shardings)
 
     def gradients(self, model: Any, settings: Any) -> GradientFn:
-        score = make_score_fn(model, settings.pooling)
+        score = make_score_fn(model, settings.pooling, settings.pack_max_segments)
 
         def gradients(state: TrainState, batch: Batch) -> Any:
-            ids, mask = batch["pair_input_ids"], batch["pair_attention_mask"]
-            batch_size, group = ids.shape[:2]
-            pairs = {
-                "input_ids": ids.reshape(-1, ids.shape[-1]),
-                "attention_mask": mask.reshape(-1, mask.shape[-1]),
-            }
+            batch_size, group = batch["doc_ids"].shape
+            pairs = side_inputs(batch, "pair", use_pool_mask=False)
             rng = dropout_rng(model, state)
             if rng is not None:
-                pairs["row_ids"] = jnp.arange(batch_size * group, dtype=jnp.int32)
+                pairs["row_ids"] = jnp.arange(pairs["input_ids"].shape[0], dtype=jnp.int32)
 
             def loss_fn(values: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
                 current = with_trainable(state, values)
                 scores = score(current.params, pairs, current.adapters, rng)
+                if "pair_slots" in batch:
+                    scores = unpack_slots(scores, batch["pair_slots"])
                 return ranking_loss(
                     scores.reshape(batch_size, group),
                     kind=settings.ranking,
@@ -90,7 +89,7 @@ class RerankerTask:
 
             values = trained(state)
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(values)
-            return (loss, dict(metrics, tokens=jnp.sum(mask))), grads
+            return (loss, dict(metrics, tokens=jnp.sum(pairs["attention_mask"]))), grads
 
         return gradients
 

@@ -41,6 +41,8 @@ PIPELINE_KEYS = (
     "homogeneous",
     "no_duplicates",
     "prefetch",
+    "packing",
+    "pack_max_segments",
 )
 
 
@@ -160,7 +162,10 @@ def run_settings(config: ml_collections.ConfigDict, num_devices: int) -> RunSett
         hf_path=hf_path,
         step=step_settings(config),
         pipeline=PipelineConfig.from_mapping(
-            {k: d[k] for k in PIPELINE_KEYS} | {"seed": config.seed} | task.pipeline_options(config)
+            {k: d[k] for k in PIPELINE_KEYS}
+            | {"seed": config.seed}
+            | packed_row_multiples(config)
+            | task.pipeline_options(config)
         ),
         optimizer=sections["optimizer"],
         train=sections["train"],
@@ -168,6 +173,18 @@ def run_settings(config: ml_collections.ConfigDict, num_devices: int) -> RunSett
         mesh=check_layout(config, num_devices),
         seed=int(config.seed),
     )
+
+
+def packed_row_multiples(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """With GradCache on packed batches, each side's row count must split into its chunks
+    (which then count packed rows)."""
+    gc = config.gradcache
+    if not gc.enabled:
+        return {}
+    return {
+        "query_row_multiple": gc.chunk_size,
+        "passage_row_multiple": gc.passage_chunk_size or gc.chunk_size,
+    }
 
 
 def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
@@ -185,6 +202,7 @@ def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
         task=config.model.task,
         ranking=loss.ranking,
         ranking_temperature=loss.ranking_temperature,
+        pack_max_segments=config.data.pack_max_segments,
     )
 
 

@@ -38,6 +38,7 @@ class StepSettings:
     task: str = "embedding"  # or "reranker"
     ranking: str = "listwise"  # reranker loss: "listwise" or "bce"
     ranking_temperature: float = 1.0
+    pack_max_segments: int = 0  # packed batches' segment slots per row (data.packing)
 
 
 def make_train_step(

@@ -12,6 +12,7 @@ import ml_collections
 
 from jaxembed import hf, tasks
 from jaxembed.data.manifest import read_manifest
+from jaxembed.data.packing import PACKING_MODES
 from jaxembed.errors import UserInputError
 from jaxembed.losses import CONTRASTIVE_VARIANTS
 from jaxembed.models.attention import ATTENTION_IMPLS
@@ -123,4 +124,8 @@ def _validate_data_and_schedule(config: ml_collections.ConfigDict) -> None:
             raise UserInputError("train.eval_every is single-process only for now; set it to 0")
     if t.steps < 1:
         raise UserInputError(f"train.steps={t.steps}: must be >= 1")
+    if d.packing not in PACKING_MODES:
+        raise UserInputError(f"data.packing={d.packing!r}: expected one of {PACKING_MODES}")
+    if d.pack_max_segments < 1:
+        raise UserInputError(f"data.pack_max_segments={d.pack_max_segments}: must be >= 1")
     check_nonfinite_settings(t.nonfinite, t.max_consecutive_nonfinite)
