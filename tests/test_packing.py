@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from data_helpers.synthetic import make_records, tiny_tokenizer
 
 from jaxembed.data import BatchIterator, DatasetSpec, PipelineConfig
 from jaxembed.data.packing import first_fit_rows, pack, row_bucket
@@ -28,6 +27,8 @@ from jaxembed.sharding import batch_sharding, make_mesh, param_shardings
 from jaxembed.tasks import get as get_task
 from jaxembed.train.state import create_state, learning_rate_schedule, make_optimizer
 from jaxembed.train.step import StepSettings
+
+from data_helpers.synthetic import make_records, tiny_tokenizer
 
 TOK = tiny_tokenizer()
 VOCAB = len(TOK)
@@ -47,7 +48,7 @@ BERT = BertConfig(
 
 def test_first_fit_rows_places_every_text_once_within_capacity():
     rng = np.random.default_rng(0)
-    for trial in range(50):
+    for _ in range(50):
         length, segments = int(rng.integers(8, 64)), int(rng.integers(1, 6))
         lengths = rng.integers(1, length + 1, size=int(rng.integers(1, 80))).tolist()
         rows = first_fit_rows(lengths, length, segments)
@@ -278,9 +279,9 @@ def task_dir(tmp_path_factory):
 
 
 def _train(task_dir, workdir, *extra, steps=STEPS):
-    from data_helpers.train_cli import train_args
-
     from jaxembed.cli import main
+
+    from data_helpers.train_cli import train_args
 
     assert main(train_args(task_dir, workdir, steps, LR, CONSTANT, *extra)) == 0
     return workdir
