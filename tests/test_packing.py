@@ -63,9 +63,9 @@ def test_first_fit_rows_places_every_text_once_within_capacity():
         first_fit_rows([5, 9], 8, 4)
 
 
-def test_row_bucket_rounds_to_eighths_and_alignment():
-    assert row_bucket(3, 64) == 8
-    assert row_bucket(9, 64) == 16
+def test_row_bucket_rounds_to_sixteenths_and_alignment():
+    assert row_bucket(3, 64) == 4
+    assert row_bucket(9, 64) == 12
     assert row_bucket(64, 64) == 64
     assert row_bucket(3, 64, align=16) == 16
     assert row_bucket(1, 4, align=8) == 8
@@ -190,9 +190,11 @@ def _step_result(model, settings: StepSettings, packing: str, multiples=(1, 1)):
     return float(loss), jax.device_get(grads), int(metrics["tokens"]), batch
 
 
-def _assert_same_step(model, settings, multiples=(1, 1)):
+def _assert_same_step(model, settings, multiples=(1, 1), packed_model=None):
     loss, grads, tokens, padded = _step_result(model, settings, "none")
-    p_loss, p_grads, p_tokens, packed = _step_result(model, settings, "rows", multiples)
+    p_loss, p_grads, p_tokens, packed = _step_result(
+        packed_model or model, settings, "rows", multiples
+    )
     side = "pair" if settings.task == "reranker" else "passage"
     assert packed[f"{side}_input_ids"].size < padded[f"{side}_input_ids"].size
     assert p_tokens == tokens  # the same real tokens, fewer positions
@@ -227,6 +229,12 @@ def test_packed_step_equals_padded_step_with_lora_on_bert():
 def test_packed_reranker_step_equals_padded_step():
     settings = StepSettings(task="reranker", pooling="last", pack_max_segments=8)
     _assert_same_step(LLAMA, settings)
+
+
+def test_splash_attention_on_packed_rows_equals_the_dense_padded_step():
+    # The TPU kernel, run by Pallas' interpreter on this CPU, shard-mapped over the mesh.
+    splash = dataclasses.replace(LLAMA, attention_impl="splash")
+    _assert_same_step(LLAMA, StepSettings(pack_max_segments=8), packed_model=splash)
 
 
 def test_packed_batches_resume_exactly():
@@ -339,3 +347,17 @@ def test_two_processes_pack_like_one(task_dir, packed_run, tmp_path):
     single, multi = logged_losses(packed_run), logged_losses(workdir)
     assert sorted(multi) == sorted(single)
     np.testing.assert_allclose([multi[s] for s in single], list(single.values()), atol=1e-5)
+
+
+@pytest.mark.parametrize("config", [LLAMA, BERT], ids=["llama", "bert"])
+def test_splash_attention_embeds_padded_and_packed_rows_like_the_dense_path(config):
+    ids = _texts(3, 16)
+    starts = [0] * len(ids)
+    params = init_params(config, jax.random.PRNGKey(0))
+    splash = dataclasses.replace(config, attention_impl="splash")
+    reference = np.asarray(jax.jit(make_embed_fn(config, "mean"))(params, _padded(ids, starts, 16)))
+    padded = jax.jit(make_embed_fn(splash, "mean"))(params, _padded(ids, starts, 16))
+    np.testing.assert_allclose(np.asarray(padded), reference, atol=2e-6)
+    inputs, slots = _packed(ids, starts, 32)
+    packed = jax.jit(make_embed_fn(splash, "mean", max_segments=6))(params, inputs)
+    np.testing.assert_allclose(_unpack(packed, slots), reference, atol=2e-6)

@@ -8,8 +8,8 @@ pooling, so the loss gathers its `[n, hidden]` embeddings in the original order.
 
 Rows are filled first-fit decreasing (longest text first, into the first row with room
 and a free segment slot), a deterministic function of the lengths; the row count is
-rounded up to one of eight sizes (eighths of `n` rows, the unpacked count) so a run
-compiles a handful of shapes.
+rounded up to one of ROW_BUCKETS sizes (sixteenths of `n` rows, the unpacked count) so
+a run compiles a handful of shapes (the row counts of a dataset's batches cluster).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ROW_BUCKETS = 8
+ROW_BUCKETS = 16
 PACKING_MODES = ("none", "rows")  # data.packing
 
 
@@ -78,7 +78,7 @@ def first_fit_rows(lengths: Sequence[int], length: int, max_segments: int) -> li
 
 
 def row_bucket(needed: int, texts: int, align: int = 1) -> int:
-    """The smallest of the eighths of `texts` (rounded up to multiples of `align`) that
+    """The smallest of the sixteenths of `texts` (rounded up to multiples of `align`) that
     holds `needed` rows."""
     align = max(1, align)
     for k in range(1, ROW_BUCKETS + 1):

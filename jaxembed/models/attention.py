@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 
 # `model.attention_impl`: "" is jaxembed's softmax attention (hand-written backward, the
-# fastest here on CPU); "xla" and "cudnn" are `jax.nn.dot_product_attention`'s own.
-ATTENTION_IMPLS = ("", "xla", "cudnn")
+# fastest here on CPU); "xla" and "cudnn" are `jax.nn.dot_product_attention`'s own;
+# "splash" is the TPU Pallas kernel with segment ids (models/splash.py).
+ATTENTION_IMPLS = ("", "xla", "cudnn", "splash")
 
 
 def partitioned_init(axes: tuple[str | None, ...], base: Any = None) -> nn.initializers.Initializer:
@@ -111,7 +112,8 @@ def attend(
     dropout: ProbabilityDropout | None = None,
 ) -> jax.Array:
     """`softmax_attention`, or with a named `jax.nn.dot_product_attention` implementation
-    (e.g. "cudnn") that kernel, which wants [B, T, heads, d] and groups GQA heads itself.
+    (e.g. "cudnn") that kernel, which wants [B, T, heads, d] and groups GQA heads itself;
+    "splash" takes the segment ids [B, T] as `mask` (see `llama.attention_inputs`).
     `dropout` (training only) drops attention probabilities; the kernels have no such hook."""
     if dropout is not None:
         if implementation is not None:
@@ -119,6 +121,10 @@ def attend(
         return softmax_attention(q, k, v, mask, dropout)
     if implementation is None:
         return softmax_attention(q, k, v, mask)
+    if implementation == "splash":
+        from jaxembed.models.splash import splash_attention
+
+        return splash_attention(q, k, v, mask)
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
     scale = 1.0 / math.sqrt(q.shape[-1])
     out = jax.nn.dot_product_attention(

@@ -28,7 +28,7 @@ from jaxembed.models.attention import (
 )
 from jaxembed.models.dropout import RowDropout
 from jaxembed.models.layer_stack import REMAT_POLICIES, loop_layers, scanned_layers
-from jaxembed.models.llama import attention_mask
+from jaxembed.models.llama import attention_inputs
 from jaxembed.models.lora import LoraConfig, lora_delta
 from jaxembed.models.matmul import dense_dot_general
 
@@ -307,8 +307,12 @@ class BertModel(nn.Module):
             + self.position_embeddings(position_ids)
         )
         x = self.embeddings_dropout(self.embeddings_norm(x), row_ids)
-        mask = attention_mask(
-            padding_mask, causal=causal, sliding_window=None, segment_ids=segment_ids
+        mask = attention_inputs(
+            padding_mask,
+            causal=causal,
+            sliding_window=None,
+            segment_ids=segment_ids,
+            implementation=cfg.attention_impl,
         )
         if cfg.scan_layers or self.is_initializing():
             x, _ = self.layers(x, mask, row_ids)

@@ -25,6 +25,7 @@ from jaxembed.models import architectures
 from jaxembed.models.architectures import ModelConfig
 from jaxembed.models.lora import COLLECTION as LORA_COLLECTION
 from jaxembed.models.pooling import POOLING_MODES, l2_normalize, pool, pool_segments
+from jaxembed.models.splash import on_mesh
 from jaxembed.progress import progress_bar
 from jaxembed.prompts import format_query
 from jaxembed.sharding import batch_sharding, data_parallel_size, param_shardings, replicated
@@ -267,9 +268,10 @@ class Encoder:
         embed_inputs = make_embed_fn(self.config, self.pooling.mode, self.pooling.normalize)
 
         def embed(params: Any, ids: jax.Array, mask: jax.Array, pool_mask: jax.Array) -> jax.Array:
-            return embed_inputs(
-                params, {"input_ids": ids, "attention_mask": mask, "pool_mask": pool_mask}
-            )
+            with on_mesh(self.mesh):
+                return embed_inputs(
+                    params, {"input_ids": ids, "attention_mask": mask, "pool_mask": pool_mask}
+                )
 
         if self.mesh is None:
             return jax.jit(embed)

@@ -260,6 +260,25 @@ def attention_mask(
     return keep
 
 
+def attention_inputs(
+    padding_mask: jax.Array,
+    *,
+    causal: bool,
+    sliding_window: int | None,
+    segment_ids: jax.Array | None,
+    implementation: str | None,
+) -> jax.Array:
+    """What `attend` takes as its mask: the boolean mask of `attention_mask`, or for the
+    splash kernel the segment ids [B, T] (a padded row is segment 1, its padding 0)."""
+    if implementation != "splash":
+        return attention_mask(
+            padding_mask, causal=causal, sliding_window=sliding_window, segment_ids=segment_ids
+        )
+    if causal or sliding_window is not None:
+        raise ValueError("attention_impl='splash' is bidirectional full attention only")
+    return padding_mask.astype(jnp.int32) if segment_ids is None else segment_ids
+
+
 def positions_from_mask(padding_mask: jax.Array) -> jax.Array:
     """Position ids that count only real tokens, so left and right padding embed alike."""
     mask = padding_mask.astype(jnp.int32)
@@ -323,8 +342,12 @@ class LlamaModel(nn.Module):
         angles = jnp.concatenate([angles, angles], axis=-1)
         dtype = jnp.dtype(cfg.dtype)
         cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
-        mask = attention_mask(
-            padding_mask, causal=causal, sliding_window=cfg.sliding_window, segment_ids=segment_ids
+        mask = attention_inputs(
+            padding_mask,
+            causal=causal,
+            sliding_window=cfg.sliding_window,
+            segment_ids=segment_ids,
+            implementation=cfg.attention_impl,
         )
         x = self.embed_tokens(input_ids)
         if cfg.scan_layers or self.is_initializing():

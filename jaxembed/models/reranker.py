@@ -31,6 +31,7 @@ from jaxembed.models import architectures
 from jaxembed.models.architectures import ModelConfig
 from jaxembed.models.build import pruned_config
 from jaxembed.models.encoder import make_embed_fn, run_batched
+from jaxembed.models.splash import on_mesh
 from jaxembed.safetensors_io import SafetensorsCheckpoint
 from jaxembed.sharding import batch_sharding, data_parallel_size, param_shardings, replicated
 
@@ -147,7 +148,8 @@ class Reranker:
         score = make_score_fn(config, pooling)
 
         def apply(params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
-            return score(params, {"input_ids": ids, "attention_mask": mask})
+            with on_mesh(mesh):
+                return score(params, {"input_ids": ids, "attention_mask": mask})
 
         if mesh is None:
             self.params = params

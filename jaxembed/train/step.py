@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxembed import tasks
 from jaxembed.models.architectures import ModelConfig, adapter_shapes
+from jaxembed.models.splash import on_mesh
 from jaxembed.sharding import batch_sharding, param_shardings, replicated
 from jaxembed.train.state import TrainState, trainable, trained, with_trainable
 
@@ -129,9 +130,15 @@ def jit_train_step(
     shardings: TrainState,
     mesh: Mesh,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """Jitted with explicit in/out shardings; the old state's buffers are donated."""
+    """Jitted with explicit in/out shardings; the old state's buffers are donated. Traced
+    on `mesh` for the kernels that shard-map over it (splash attention)."""
+
+    def step_on_mesh(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        with on_mesh(mesh):
+            return train_step(state, batch)
+
     return jax.jit(
-        train_step,
+        step_on_mesh,
         in_shardings=(shardings, batch_sharding(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=(0,),
