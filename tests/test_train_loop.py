@@ -16,9 +16,9 @@ from jaxembed.models import architectures
 
 from data_helpers.train_cli import (
     assert_same_losses,
-    free_port,
     kill_when,
     logged_losses,
+    run_processes,
     start_cli,
     train_args,
     write_task_dir,
@@ -130,35 +130,7 @@ def test_two_processes_log_the_single_process_losses(task_dir, tmp_path):
     reference = tmp_path / "single"
     assert main(_args(task_dir, reference, lr)) == 0
     workdir = tmp_path / "multi"
-    port = free_port()
-    env = {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "JAX_PLATFORMS": "cpu",
-    }
-    procs = [
-        start_cli(
-            _args(task_dir, workdir, lr)
-            + [
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-            ],
-            env,
-        )
-        for i in range(2)
-    ]
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=600)[0])
-    finally:
-        for proc in procs:
-            proc.kill()
-    for proc, out in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, out
+    run_processes(_args(task_dir, workdir, lr))
     ref, multi = logged_losses(reference), logged_losses(workdir)
     assert sorted(multi) == sorted(ref)
     np.testing.assert_allclose([multi[s] for s in ref], list(ref.values()), rtol=0, atol=1e-5)

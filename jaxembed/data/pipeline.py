@@ -20,7 +20,7 @@ tokens and the pair to `passage_max_length`, and the query/passage arrays are re
 The query instruction is not used (the reranker has none).
 
 Packed mode (`packing="rows"`, see `jaxembed.data.packing`): each side's texts are packed
-into rows of its max length, Rq and Rp of them, with (per side)
+into rows of the bucket length that holds its longest text, Rq and Rp of them, with
   {side}_input_ids, _attention_mask, _pool_mask, _segment_ids, _positions  [Rq or Rp, L]
   query_slots [B], passage_slots [B, G] (pair_slots [B, G])  each text's packed slot
 doc_ids and dataset_index are as above; the loss sees the same [B, ...] embeddings.
@@ -210,6 +210,7 @@ class BatchIterator:
         self._rows = process_rows(sharding, config.global_batch_size)
         self._shards = batch_shards(sharding, config.global_batch_size)
         self._agree = LengthAgreement(name)
+        self._agree_rows = LengthAgreement(f"{name}-rows" if name else None)
         self._produced = state or IteratorState.start(len(self.datasets))
         self._state = self._produced
         self._prefetcher = Prefetcher(self._produce, config.prefetch) if config.prefetch else None
@@ -306,8 +307,8 @@ class BatchIterator:
             query, passage = self._pack_sides(
                 step,
                 [
-                    (q_ids, q_starts, cfg.query_max_length, cfg.query_row_multiple),
-                    (p_ids, p_starts, cfg.passage_max_length, cfg.passage_row_multiple),
+                    (q_ids, q_starts, self._q_buckets, cfg.query_row_multiple),
+                    (p_ids, p_starts, self._p_buckets, cfg.passage_row_multiple),
                 ],
             )
             passage = dict(passage, slots=passage["slots"].reshape(b, group))
@@ -326,21 +327,29 @@ class BatchIterator:
         } | shared
 
     def _pack_sides(
-        self, step: int, sides: Sequence[tuple[list[list[int]], list[int], int, int]]
+        self,
+        step: int,
+        sides: Sequence[tuple[list[list[int]], list[int], tuple[int, ...], int]],
     ) -> list[dict[str, np.ndarray]]:
-        """Each side's (ids, pool starts, row length, row multiple) packed into this
-        process's block of rows; every process agrees on the row counts."""
+        """Each side's (ids, pool starts, length buckets, row multiple) packed into this
+        process's block of rows of the bucket that holds the batch's longest text (short
+        texts pack into short rows: dense attention is quadratic in the row length); every
+        process agrees on the lengths and the row counts."""
         cfg = self.config
         start, stop = self._rows
         blocks = cfg.global_batch_size // (stop - start)  # processes' equal row blocks
+        longest = self._agree(step, [max(map(len, ids)) for ids, *_ in sides])
+        lengths = [
+            pick_bucket(n, buckets) for n, (_, _, buckets, _) in zip(longest, sides, strict=True)
+        ]
         layouts = [
             first_fit_rows(list(map(len, ids)), length, cfg.pack_max_segments)
-            for ids, _, length, _ in sides
+            for (ids, *_), length in zip(sides, lengths, strict=True)
         ]
-        needed = self._agree(step, [len(layout) for layout in layouts])
+        needed = self._agree_rows(step, [len(layout) for layout in layouts])
         out = []
-        for (ids, starts, length, multiple), layout, rows in zip(
-            sides, layouts, needed, strict=True
+        for (ids, starts, _, multiple), length, layout, rows in zip(
+            sides, lengths, layouts, needed, strict=True
         ):
             # Rows split evenly over every batch shard and GradCache chunk, per process.
             align = math.lcm(self._shards, multiple) // blocks
@@ -380,7 +389,7 @@ class BatchIterator:
         }
         if cfg.packing == "rows":
             (pairs,) = self._pack_sides(
-                step, [(ids, [0] * len(ids), cfg.passage_max_length, cfg.passage_row_multiple)]
+                step, [(ids, [0] * len(ids), self._p_buckets, cfg.passage_row_multiple)]
             )
             pairs = dict(pairs, slots=pairs["slots"].reshape(b, group))
             return _prefixed("pair", pairs) | shared

@@ -22,6 +22,7 @@ import optax
 from jaxembed import tasks
 from jaxembed.models.architectures import ModelConfig, adapter_shapes
 from jaxembed.models.build import model_config, pruned_config
+from jaxembed.models.splash import compile_target
 from jaxembed.sharding import batch_sharding, make_mesh
 from jaxembed.train.settings import optimizer_settings, step_settings
 from jaxembed.train.state import create_state
@@ -96,7 +97,9 @@ def compile_train_step(
     step = jit_train_step(
         make_train_step(model, optimizer, schedule, step_settings(config)), shardings, mesh
     )
-    compiled = step.lower(state, batch).compile()
+    # Kernels that pick their lowering by platform (splash attention) trace for the target.
+    with compile_target(devices[0].platform):
+        compiled = step.lower(state, batch).compile()
     return CompiledStep(compiled, state, batch, mesh_shape, model)
 
 

@@ -97,3 +97,22 @@ def assert_same_losses(reference: Path, workdir: Path, steps: int, atol: float =
     ref, resumed = logged_losses(reference), logged_losses(workdir)
     assert sorted(resumed) == list(range(1, steps + 1))  # nothing repeated or skipped
     np.testing.assert_allclose([resumed[s] for s in ref], list(ref.values()), rtol=0, atol=atol)
+
+
+def run_processes(args: list[str], count: int = 2, devices_each: int = 4) -> None:
+    """`jaxembed ARGS` as `count` local processes of `devices_each` CPU devices joined by
+    jax.distributed; every one must exit 0."""
+    port = free_port()
+    env = {
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}",
+        "JAX_PLATFORMS": "cpu",
+    }
+    flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(count)]
+    procs = [start_cli(args + flags + ["--process-id", str(i)], env) for i in range(count)]
+    try:
+        outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out
