@@ -120,9 +120,10 @@ def default_config() -> ml_collections.ConfigDict:
         homogeneous=False,
         no_duplicates=False,  # no two records sharing a text in a batch (see data/sampler.py)
         prefetch=2,
-        # "rows": pack each side's texts into rows of its max length, no compute on padding
-        # (jaxembed/data/packing.py); "none": pad every text to a length bucket.
-        packing="none",
+        # "rows": pack each side's texts into rows, little compute on padding (exact: the
+        # same loss and gradients; 1.4-2.5x the useful tokens/s, benchmarks/packing.py);
+        # "none": pad every text to a length bucket (jaxembed/data/packing.py).
+        packing="rows",
         pack_max_segments=32,  # texts per packed row at most
     )
     c.train = dict(

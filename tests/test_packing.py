@@ -303,7 +303,7 @@ def packed_run(task_dir, tmp_path_factory):
 def test_packed_training_logs_the_padded_losses_and_resumes_exactly(task_dir, packed_run, tmp_path):
     from data_helpers.train_cli import logged_losses
 
-    padded = logged_losses(_train(task_dir, tmp_path / "padded"))
+    padded = logged_losses(_train(task_dir, tmp_path / "padded", "--config.data.packing=none"))
     packed = logged_losses(packed_run)
     assert sorted(packed) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([packed[s] for s in padded], list(padded.values()), atol=1e-5)
