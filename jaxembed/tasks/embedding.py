@@ -17,7 +17,7 @@ from jaxembed.losses import contrastive_loss
 from jaxembed.models.architectures import for_config
 from jaxembed.models.encoder import make_embed_fn
 from jaxembed.tasks.base import Batch, GradientFn, dropout_rng
-from jaxembed.tasks.inputs import is_packed, side_inputs, unpack_slots
+from jaxembed.tasks.inputs import is_packed, packed_shapes, side_inputs, unpack_slots
 from jaxembed.train.state import ParamLayout, TrainState, trained, with_trainable
 
 
@@ -43,8 +43,8 @@ class EmbeddingTask:
         def gradients(state: TrainState, batch: Batch) -> Any:
             queries = side_inputs(batch, "query", settings.exclude_instruction)
             passages = side_inputs(batch, "passage", settings.exclude_instruction)
-            batch_size = batch["doc_ids"].shape[0]
             packed = is_packed(batch)
+            batch_size = (batch["query_slots"] if packed else batch["query_input_ids"]).shape[0]
             doc_ids = batch.get("doc_ids") if settings.mask_duplicates else None
             rng = dropout_rng(model, state)
             if rng is not None:
@@ -102,6 +102,12 @@ class EmbeddingTask:
             d.query_max_length,
             d.passage_max_length,
         )
+        if d.packing == "rows":  # the worst case: every text a row of its own
+            return (
+                packed_shapes("query", b, lq, (b,))
+                | packed_shapes("passage", b * g, lp, (b, g))
+                | {"doc_ids": (b, g)}
+            )
         return {
             "query_input_ids": (b, lq),
             "query_attention_mask": (b, lq),

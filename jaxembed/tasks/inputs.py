@@ -33,3 +33,11 @@ def unpack_slots(pooled: jax.Array, slots: jax.Array) -> jax.Array:
     """Packed rows' per-slot vectors [R, S, ...] -> the texts' [*slots.shape, ...]."""
     flat = pooled.reshape(-1, *pooled.shape[2:])
     return jnp.take(flat, slots.reshape(-1), axis=0).reshape(*slots.shape, *pooled.shape[2:])
+
+
+def packed_shapes(
+    prefix: str, rows: int, length: int, slots: tuple[int, ...]
+) -> dict[str, tuple[int, ...]]:
+    """A packed side's array shapes (keys as `jaxembed.data.pipeline` names them)."""
+    names = ("input_ids", "attention_mask", "pool_mask") + PACKED_INPUTS
+    return {f"{prefix}_{name}": (rows, length) for name in names} | {f"{prefix}_slots": slots}

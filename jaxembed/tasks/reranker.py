@@ -23,7 +23,7 @@ from jaxembed.models.reranker import (
     reranker_param_shapes,
 )
 from jaxembed.tasks.base import Batch, GradientFn, dropout_rng
-from jaxembed.tasks.inputs import side_inputs, unpack_slots
+from jaxembed.tasks.inputs import packed_shapes, side_inputs, unpack_slots
 from jaxembed.train.state import ParamLayout, TrainState, trained, with_trainable
 
 
@@ -70,7 +70,10 @@ class RerankerTask:
         score = make_score_fn(model, settings.pooling, settings.pack_max_segments)
 
         def gradients(state: TrainState, batch: Batch) -> Any:
-            batch_size, group = batch["doc_ids"].shape
+            packed = "pair_slots" in batch
+            batch_size, group = (batch["pair_slots"] if packed else batch["pair_input_ids"]).shape[
+                :2
+            ]
             pairs = side_inputs(batch, "pair", use_pool_mask=False)
             rng = dropout_rng(model, state)
             if rng is not None:
@@ -95,7 +98,10 @@ class RerankerTask:
 
     def batch_shapes(self, config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
         d = config.data
-        shape = (d.global_batch_size, 1 + d.num_negatives, d.passage_max_length)
+        b, g, length = d.global_batch_size, 1 + d.num_negatives, d.passage_max_length
+        if d.packing == "rows":  # the worst case: every pair a row of its own
+            return packed_shapes("pair", b * g, length, (b, g))
+        shape = (b, g, length)
         return {"pair_input_ids": shape, "pair_attention_mask": shape}
 
     def flops_per_step(self, config: ml_collections.ConfigDict, model: Any) -> float:
