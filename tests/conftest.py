@@ -58,3 +58,22 @@ def smollm2_dir() -> Path:
         pytest.skip(f"SmolLM2-135M not installed: {INSTALL_HINT}")
     pytest.importorskip("gguf", reason=f"the gguf package is missing: {INSTALL_HINT}")
     return smollm2_hf_dir()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_memory_after_each_module():
+    """Compiled programs and freed heap stay with the one pytest process otherwise: the
+    in-process `jaxembed` runs keep freed memory (host_memory.retain_freed_memory), so the
+    suite's resident size would be the sum of its modules' peaks."""
+    yield
+    import ctypes
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
