@@ -97,7 +97,10 @@ def test_tiny_plan_memory(tiny_plan):
     assert r["model_params"] == _hand_param_count()
     assert r["params_bytes"] == params
     assert 2 * params <= r["optimizer_bytes"] <= 2 * params + 64
-    per_row = 3 * LENGTH + 3 * (1 + NEGATIVES) * LENGTH + (1 + NEGATIVES)  # ids, masks, doc ids
+    # Packed (the default), at its worst case of one text a row: ids, attention and pool
+    # masks, segment ids and positions per token, a slot per text, and the doc ids.
+    group = 1 + NEGATIVES
+    per_row = 5 * LENGTH + 1 + group * (5 * LENGTH + 1) + group
     assert r["batch_bytes"] == 4 * (BATCH // 4) * per_row
     assert r["temp_bytes"] > 0 and r["total_bytes"] >= params * 3 + r["temp_bytes"]
     assert r["fits"] and r["total_bytes"] < r["hbm_per_chip"] == 95 * GiB
