@@ -78,7 +78,7 @@ class PipelineConfig:
     prefetch: int = 2
     # Non-empty: yield joined (query, passage) pairs for a cross-encoder (see module doc).
     pair_template: str = ""
-    # "rows": pack each side's texts into rows of its max length (module doc); "none": pad.
+    # "rows": pack each side's texts into shared rows (module doc); "none": pad each text.
     packing: str = "none"
     # Texts per packed row at most (the model pools this many slots per row).
     pack_max_segments: int = 32
@@ -299,10 +299,7 @@ class BatchIterator:
             [chars for e in examples for chars in e.passage_prefix_chars],
         )
         b, group = len(examples), 1 + cfg.num_negatives
-        shared = {
-            "doc_ids": np.asarray([e.doc_ids for e in examples], dtype=np.int32),
-            "dataset_index": plan.dataset[rows].astype(np.int32),
-        }
+        shared = _labels(examples, plan.dataset[rows])
         if cfg.packing == "rows":
             query, passage = self._pack_sides(
                 step,
@@ -383,10 +380,7 @@ class BatchIterator:
             query_max_length=cfg.query_max_length,
         )
         b, group = len(examples), 1 + cfg.num_negatives
-        shared = {
-            "doc_ids": np.asarray([e.doc_ids for e in examples], dtype=np.int32),
-            "dataset_index": dataset.astype(np.int32),
-        }
+        shared = _labels(examples, dataset)
         if cfg.packing == "rows":
             (pairs,) = self._pack_sides(
                 step, [(ids, [0] * len(ids), self._p_buckets, cfg.passage_row_multiple)]
@@ -400,6 +394,14 @@ class BatchIterator:
             "pair_input_ids": x.reshape(b, group, -1),
             "pair_attention_mask": mask.reshape(b, group, -1),
         } | shared
+
+
+def _labels(examples: Sequence[Any], dataset: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays a batch has in either layout: passage ids and each row's dataset."""
+    return {
+        "doc_ids": np.asarray([e.doc_ids for e in examples], dtype=np.int32),
+        "dataset_index": dataset.astype(np.int32),
+    }
 
 
 def _prefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from jaxembed.models.reranker import (
     reranker_param_shapes,
 )
 from jaxembed.tasks.base import Batch, GradientFn, dropout_rng
-from jaxembed.tasks.inputs import packed_shapes, side_inputs, unpack_slots
+from jaxembed.tasks.inputs import is_packed, packed_shapes, side_inputs, unpack_slots
 from jaxembed.train.state import ParamLayout, TrainState, trained, with_trainable
 
 
@@ -70,7 +70,7 @@ class RerankerTask:
         score = make_score_fn(model, settings.pooling, settings.pack_max_segments)
 
         def gradients(state: TrainState, batch: Batch) -> Any:
-            packed = "pair_slots" in batch
+            packed = is_packed(batch)
             batch_size, group = (batch["pair_slots"] if packed else batch["pair_input_ids"]).shape[
                 :2
             ]
@@ -82,7 +82,7 @@ class RerankerTask:
             def loss_fn(values: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
                 current = with_trainable(state, values)
                 scores = score(current.params, pairs, current.adapters, rng)
-                if "pair_slots" in batch:
+                if packed:
                     scores = unpack_slots(scores, batch["pair_slots"])
                 return ranking_loss(
                     scores.reshape(batch_size, group),
