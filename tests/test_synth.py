@@ -459,3 +459,57 @@ def test_classification_answers_need_label_names():
     echo = "The new employee is a skilled and talented individual who is very helpful."
     with pytest.raises(BadAnswer, match="a label of 13 words"):
         strategy.record(item, {"text": echo, "label": "positive", "misleading_labels": [echo]})
+
+
+def test_a_task_file_replaces_step_one(tmp_path, capsys):
+    """`--tasks FILE`: no brainstorm is asked for, the file's tasks are the instructions;
+    resuming with another list is refused rather than mixing two runs in one output."""
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("# ours\nClassify a review by sentiment\n\nClassify an email as spam\n")
+    out = tmp_path / "cls.jsonl"
+    args = ["--strategy", "classification", "--count", "4", "--output", str(out),
+            "--tasks", str(tasks), "--near-duplicate", "0"]  # fmt: skip
+    with FakeLLM(lambda prompt, n: _classification(prompt, n)) as llm:
+        assert synth("--endpoint", llm.url, *args) == 0
+        assert len(llm.prompts) == 4 and not any("Brainstorm" in p for p in llm.prompts)
+        records = list(read_training_jsonl(out))
+        assert Counter(r.instruction for r in records) == {
+            "Classify a review by sentiment": 2, "Classify an email as spam": 2,
+        }  # fmt: skip
+        tasks.write_text("Classify a headline by topic\n")
+        capsys.readouterr()
+        assert synth("--endpoint", llm.url, *args) == 2
+    assert "differs in tasks_file" in capsys.readouterr().err
+    assert len(read_jsonl(out)) == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("t.txt", "Classify a review by sentiment\nSentiment\n", "t.txt:2: task 'Sentiment'"),
+        ("t.json", '{"tasks": ["Classify a review by sentiment", 3]}', "tasks[1] is int"),
+        ("t.json", '{"tasks": [', "t.json:1: not JSON"),
+        ("t.txt", "# nothing\n\n", "no tasks"),
+    ],
+)
+def test_a_bad_task_file_is_one_line_naming_the_file(tmp_path, capsys, name, text, message):
+    tasks = tmp_path / name
+    tasks.write_text(text)
+    code = synth("--strategy", "from_scratch", "--endpoint", "http://127.0.0.1:9/v1",
+                 "--count", "2", "--output", str(tmp_path / "o.jsonl"),
+                 "--tasks", str(tasks))  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_task_file_needs_a_two_step_strategy_and_no_task_endpoint(corpus, tmp_path, capsys):
+    tasks = tmp_path / "t.txt"
+    tasks.write_text("Classify a review by sentiment\n")
+    common = ["--endpoint", "http://127.0.0.1:9/v1", "--count", "2", "--tasks", str(tasks),
+              "--output", str(tmp_path / "o.jsonl")]  # fmt: skip
+    assert synth("--strategy", "seed_corpus", "--corpus", str(corpus), *common) == 2
+    assert "--tasks: the seed_corpus strategy has no step 1" in capsys.readouterr().err
+    assert synth("--strategy", "classification", "--task-endpoint", "http://127.0.0.1:9/v1",
+                 *common) == 2  # fmt: skip
+    assert "--tasks replaces step 1: drop --task-endpoint" in capsys.readouterr().err

@@ -86,9 +86,13 @@ def test_seed_corpus_on_scifact_then_train(server, scifact_docs, minilm_dir, tmp
     assert records, "SmolLM2 wrote no usable query for any of 4 documents (see the rejects)"
     corpus_ids = {json.loads(line)["_id"] for line in scifact_docs.read_text().splitlines()}
     assert all(r.positives[0].id in corpus_ids for r in records)
-    workdir = tmp_path / "run"
+    _train_two_steps(out, minilm_dir, tmp_path / "run")
+
+
+def _train_two_steps(records: Path, minilm_dir: Path, workdir: Path) -> None:
+    """The synthetic records are what `jaxembed train` reads: two steps on them."""
     train = ["train", "--config", "configs/sentence_transformers.py", "--workdir", str(workdir),
-             f"--config.model.hf_path={minilm_dir}", f"--config.data.train_files={out}",
+             f"--config.model.hf_path={minilm_dir}", f"--config.data.train_files={records}",
              "--config.data.global_batch_size=8", "--config.train.steps=2",
              "--config.optimizer.warmup_steps=1", "--config.train.checkpoint_every=2",
              "--config.data.passage_max_length=64"]  # fmt: skip
@@ -116,3 +120,35 @@ def test_two_step_strategies_against_the_real_server(server, tmp_path, strategy)
     # be a valid instructed record, and every other item a reject with its raw answer.
     records = _check_run(out, 3)
     assert all(r.instruction in tasks for r in records)
+
+
+# Tasks a person would write: a 135M model cannot brainstorm them (it parrots the prompt's
+# example), but it can write step 2's examples for them.
+GIVEN_TASKS = {
+    "from_scratch": ["Given a medical question, retrieve research abstracts that answer it",
+                     "Given a product name, retrieve customer reviews of it",
+                     "Given a programming error message, retrieve forum posts that solve it"],
+    "classification": ["Classify a product review by sentiment: positive, negative or neutral",
+                       "Classify a news headline by topic: sports, politics, business or science",
+                       "Classify an email as spam or not spam"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["from_scratch", "classification"])
+def test_step_two_from_a_task_file_makes_valid_records(server, minilm_dir, tmp_path, strategy):
+    """With the tasks given (`--tasks`), SmolLM2's step-2 answers become schema-valid
+    instructed records, which train. Greedy: `transformers serve` does not sample SmolLM2
+    anyway, and its sampled JSON is worse."""
+    tasks_file = tmp_path / "tasks.txt"
+    tasks_file.write_text("\n".join(GIVEN_TASKS[strategy]) + "\n")
+    out = tmp_path / f"{strategy}.jsonl"
+    args = ["synth", "--quiet", "--strategy", strategy, "--endpoint", server, "--tasks",
+            str(tasks_file), "--count", "6", "--max-tokens", "256", "--temperature", "0",
+            "--parse-retries", "0", "--concurrency", "2", "--near-duplicate", "0",
+            "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    records = _check_run(out, 6)
+    assert records, f"SmolLM2 wrote no valid {strategy} record for 6 items (see the rejects)"
+    assert all(r.instruction in GIVEN_TASKS[strategy] for r in records)
+    assert all(r.positives[0].text and r.negatives and r.negatives[0].text for r in records)
+    _train_two_steps(out, minilm_dir, tmp_path / "run")

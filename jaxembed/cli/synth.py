@@ -28,6 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="two-step strategies: ask step 1 (the task lists) of these endpoints and step 2 "
         "of --endpoint (default: --endpoint for both)",
     )  # fmt: skip
+    p.add_argument(
+        "--tasks", metavar="FILE",
+        help="two-step strategies: the tasks (one a line, or JSON {\"tasks\": [...]}) in "
+        "place of step 1's brainstorm",
+    )  # fmt: skip
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var with the API key")
     p.add_argument("--count", type=int, required=True, help="records to ask for")
     p.add_argument("--output", required=True, help="training JSONL (sidecar files beside it)")
@@ -94,6 +99,15 @@ def run(args: argparse.Namespace) -> None:
     strategy = build_strategy(args)
     if task_endpoints and strategy.task_step is None:
         raise UserInputError(f"--task-endpoint: the {args.strategy} strategy has no step 1")
+    tasks = None
+    if args.tasks is not None:
+        if strategy.task_step is None:
+            raise UserInputError(f"--tasks: the {args.strategy} strategy has no step 1")
+        if task_endpoints:
+            raise UserInputError("--tasks replaces step 1: drop --task-endpoint")
+        from jaxembed.synth.task_list import read_task_list
+
+        tasks = tuple(read_task_list(args.tasks))
     templates = build_templates(strategy, args.prompt)
     client = ClientSettings(
         concurrency=args.concurrency,
@@ -112,6 +126,7 @@ def run(args: argparse.Namespace) -> None:
         batch=args.batch,
         parse_retries=args.parse_retries,
         quiet=args.quiet,
+        tasks=tasks,
     )
     filters = FilterSettings(args.min_query_words, args.max_query_words, args.near_duplicate)
     report = run_synth(

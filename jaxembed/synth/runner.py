@@ -17,6 +17,7 @@ from typing import Any
 from jaxembed.data.formats import parse_training_record
 from jaxembed.errors import RunStopped
 from jaxembed.progress import progress_bar
+from jaxembed.synth import task_list
 from jaxembed.synth.answers import BadAnswer, parse_object
 from jaxembed.synth.client import ChatClient, ClientSettings, EndpointFailed, RequestFailed
 from jaxembed.synth.endpoints import Endpoint, draw
@@ -34,6 +35,7 @@ class RunOptions:
     batch: int = 16  # items per commit
     parse_retries: int = 2
     quiet: bool = False
+    tasks: tuple[str, ...] | None = None  # given (--tasks): step 1 is skipped
 
 
 @dataclass
@@ -65,6 +67,8 @@ def run_synth(
         "num_tasks": options.num_tasks,
         "prompts": {name: t.version for name, t in sorted(templates.items())},
     }
+    if options.tasks is not None:
+        run_key["tasks_file"] = task_list.digest(list(options.tasks))
     store = SynthStore(output, run_key)
     return asyncio.run(
         _Run(strategy, templates, endpoints, client_settings, api_key, store, options,
@@ -122,6 +126,10 @@ class _Run:
     async def _tasks(self) -> list[str]:
         if self.strategy.task_step is None:
             return []
+        if self.options.tasks is not None:
+            tasks = list(self.options.tasks)
+            self.store.save_tasks(tasks)  # beside the output, as step 1's would be
+            return tasks
         tasks = self.store.load_tasks()
         if tasks is not None:
             return tasks
