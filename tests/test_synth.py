@@ -97,6 +97,20 @@ def test_same_seed_asks_for_the_same_items(corpus, tmp_path):
     assert asked[0] == asked[1]
 
 
+def test_corpus_may_be_the_beir_dataset_directory(corpus, tmp_path, capsys):
+    with FakeLLM(good_query) as llm:
+        out = tmp_path / "synth.jsonl"
+        assert synth("--endpoint", llm.url, "--corpus", str(corpus.parent), "--count", "3",
+                     "--output", str(out)) == 0  # fmt: skip
+        assert len(read_jsonl(out)) == 3
+        empty = tmp_path / "no-corpus-here"
+        empty.mkdir()
+        assert synth("--endpoint", llm.url, "--corpus", str(empty), "--count", "3",
+                     "--output", str(tmp_path / "other.jsonl")) == 2  # fmt: skip
+    assert f"{empty}: is a directory, not a file" in capsys.readouterr().err
+    assert not (tmp_path / "other.jsonl").exists()
+
+
 def test_malformed_answers_are_retried_then_rejected_with_the_raw_text(corpus, tmp_path):
     def respond(prompt, n):
         if "mitochondria" in prompt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from jaxembed.errors import UserInputError
 
@@ -36,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var with the API key")
     p.add_argument("--count", type=int, required=True, help="records to ask for")
     p.add_argument("--output", required=True, help="training JSONL (sidecar files beside it)")
-    p.add_argument("--corpus", help="seed_corpus: BEIR corpus.jsonl to sample documents from")
+    p.add_argument(
+        "--corpus", help="seed_corpus: a BEIR corpus.jsonl (or its dataset directory) to sample"
+    )
     p.add_argument("--queries-per-doc", type=int, default=1)
     p.add_argument("--max-document-words", type=int, default=400, help="seed_corpus: cut to")
     p.add_argument("--instruction", default="", help="seed_corpus: the records' instruction")
@@ -164,9 +167,12 @@ def build_strategy(args: argparse.Namespace):
             raise UserInputError("--strategy seed_corpus needs --corpus (a BEIR corpus.jsonl)")
         from jaxembed.data.formats import read_beir_corpus
 
-        corpus = read_beir_corpus(args.corpus)
+        corpus_path = Path(args.corpus)
+        if (corpus_path / "corpus.jsonl").is_file():  # a BEIR dataset directory
+            corpus_path = corpus_path / "corpus.jsonl"
+        corpus = read_beir_corpus(corpus_path)
         if not corpus:
-            raise UserInputError(f"{args.corpus}: no documents")
+            raise UserInputError(f"{corpus_path}: no documents")
         return strategies.SeedCorpus(
             corpus, args.instruction, args.queries_per_doc, args.max_document_words
         )

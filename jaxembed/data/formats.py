@@ -42,6 +42,8 @@ def _lines(
 ) -> Iterator[tuple[int, bytes, str]]:
     """(line number, raw bytes, decoded text) of each line; CRLF tolerated. Blank lines are
     skipped, or errors where rows must stay aligned with lines (`skip_blank=False`)."""
+    if Path(path).is_dir():
+        raise UserInputError(f"{path}: is a directory, not a file")
     if not Path(path).is_file():
         raise UserInputError(f"{path}: file not found")
     with open(path, "rb") as f:
