@@ -181,6 +181,61 @@ def test_a_request_the_server_refuses_is_a_reject_not_a_stop(corpus, tmp_path):
     assert reject["reason"].startswith("request failed: HTTP 400")
 
 
+def test_a_server_refusing_json_mode_is_asked_again_without_it(corpus, tmp_path):
+    out = tmp_path / "synth.jsonl"
+    # every request in the first round carries response_format and is refused at once
+    with FakeLLM(good_query, refuse_json_mode=True) as llm:
+        assert synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "12",
+                     "--output", str(out), "--concurrency", "8") == 0  # fmt: skip
+    assert len(read_jsonl(out)) == 12
+    assert read_jsonl(Path(str(out) + ".rejects.jsonl")) == []
+
+
+@pytest.mark.parametrize("status", [401, 404])
+def test_a_bad_key_or_model_stops_the_run_rather_than_rejecting_every_item(
+    corpus, tmp_path, capsys, status
+):
+    out = tmp_path / "synth.jsonl"
+    with FakeLLM(lambda prompt, n: status) as llm:
+        assert synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "6",
+                     "--output", str(out)) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"endpoint {llm.url} stopped answering (HTTP {status}" in err
+    assert "\n" not in err.strip()
+    assert read_jsonl(Path(str(out) + ".rejects.jsonl")) == []  # nothing given up for good
+    with FakeLLM(good_query, port=int(llm.url.rsplit(":", 1)[1].split("/")[0])) as fixed:
+        assert synth("--endpoint", fixed.url, "--corpus", str(corpus), "--count", "6",
+                     "--output", str(out)) == 0  # fmt: skip
+    assert len(read_jsonl(out)) == 6
+
+
+def test_a_reply_that_is_not_a_chat_completion_is_retried(corpus, tmp_path):
+    def respond(prompt, n):
+        return ("raw", "<html>upstream maintenance</html>") if n < 2 else good_query(prompt)
+
+    out = tmp_path / "synth.jsonl"
+    with FakeLLM(respond) as llm:
+        assert synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "4",
+                     "--output", str(out), "--concurrency", "1") == 0  # fmt: skip
+    assert len(read_jsonl(out)) == 4
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["totals"]["retries"] == 2
+
+
+def test_an_answer_cut_off_at_max_tokens_says_so(corpus, tmp_path):
+    def respond(prompt, n):
+        return ("cut", '{"query": "what is kno') if "statins" in prompt else good_query(prompt)
+
+    out = tmp_path / "synth.jsonl"
+    with FakeLLM(respond) as llm:
+        assert synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "12",
+                     "--output", str(out), "--parse-retries", "0") == 0  # fmt: skip
+    (reject,) = read_jsonl(Path(str(out) + ".rejects.jsonl"))
+    assert reject["reason"] == "cut off at --max-tokens (malformed JSON)"
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["rejects_by_reason"] == {"cut off at --max-tokens": 1}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -425,7 +480,9 @@ def test_almost_json_is_mended(answer, expected):
 @pytest.mark.parametrize(
     "answer, reason",
     [("no braces at all", "no JSON object"), ('{"query": "cut off in the mid', "malformed JSON"),
-     ('{"query": ', "malformed JSON"), ("[1, 2]", "no JSON object")],
+     ('{"query": ', "malformed JSON"), ("[1, 2]", "no JSON object"),
+     # degenerate outputs that make json.loads raise more than JSONDecodeError
+     ('{"n": ' + "9" * 5000 + "}", "JSON"), ("{" + "[" * 20000 + "}", "JSON")],
 )  # fmt: skip
 def test_answers_that_cannot_be_mended_are_bad(answer, reason):
     from jaxembed.synth.answers import BadAnswer, parse_object

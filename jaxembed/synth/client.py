@@ -2,10 +2,12 @@
 cap, timeouts, and retries with exponential backoff and jitter.
 
 A request that fails for a reason worth retrying (no connection, timeout, HTTP 408, 409,
-429, 5xx) is retried `retries` times; when those run out the endpoint is taken as down
-(`EndpointFailed`) and the run stops cleanly. Any other HTTP error fails only that request
-(`RequestFailed`, a reject). Servers that refuse `response_format` are asked again without
-it, and from then on never with it.
+429, 5xx, a 200 that is not a chat completion) is retried `retries` times; when those run
+out the endpoint is taken as down (`EndpointFailed`) and the run stops cleanly. HTTP 401,
+403 and 404 (a bad key, a wrong URL or model) stop the run at once: every item would fail
+the same way, and a reject is never asked again. Any other HTTP error fails only that
+request (`RequestFailed`, a reject). Servers that refuse `response_format` are asked again
+without it, and from then on never with it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from jaxembed.errors import UserInputError
 from jaxembed.synth.endpoints import Endpoint
 
 RETRYABLE_STATUS = (408, 409, 429)
+ENDPOINT_STATUS = (401, 403, 404)  # the endpoint's settings are wrong, not this request
+
+
+class _NotACompletion(Exception):
+    """HTTP 200 with a body that is not a chat completion (a proxy's page, a broken server)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     retries: int
+    finish_reason: str = ""  # "length": cut off at max_tokens
 
 
 class RequestFailed(Exception):
@@ -68,13 +76,15 @@ def describe(error: BaseException) -> str:
         return f"connection failed ({cause or error})".replace("\n", " ")
     if isinstance(error, openai.APIStatusError):
         return f"HTTP {error.status_code}: {str(error.message)[:200]}".replace("\n", " ")
+    if isinstance(error, _NotACompletion):
+        return str(error)
     return f"{type(error).__name__}: {error}".replace("\n", " ")[:300]
 
 
 def _retryable(error: BaseException) -> bool:
     import openai
 
-    if isinstance(error, openai.APIConnectionError):  # timeouts included
+    if isinstance(error, openai.APIConnectionError | _NotACompletion):  # timeouts included
         return True
     if isinstance(error, openai.APIStatusError):
         return error.status_code in RETRYABLE_STATUS or error.status_code >= 500
@@ -97,6 +107,33 @@ class _RateCap:
             start = max(now, self.next_start)
             self.next_start = start + self.interval
         await asyncio.sleep(start - now)
+
+
+def _refuses_json_mode(error: BaseException) -> bool:
+    import openai
+
+    return isinstance(
+        error, openai.BadRequestError | openai.UnprocessableEntityError
+    ) and "response_format" in str(error)
+
+
+def _answer(response: Any) -> tuple[str, str]:
+    """(text, finish_reason) of a chat completion; an empty text where the server gave
+    none (a reject, by the parser). Content given as a list of parts is joined."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list):
+        raise _NotACompletion(f"HTTP 200 but not a chat completion ({str(response)[:80]!r})")
+    if not choices:
+        return "", ""
+    choice = choices[0]
+    content = getattr(getattr(choice, "message", None), "content", None)
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        content = "".join(
+            (part.get("text") or "") if isinstance(part, dict) else str(part) for part in content
+        )
+    return (content if isinstance(content, str) else ""), str(
+        getattr(choice, "finish_reason", None) or ""
+    )
 
 
 class ChatClient:
@@ -138,14 +175,19 @@ class ChatClient:
         s = self.settings
         attempt = 0
         while True:
+            json_mode = s.json_mode and endpoint.url not in self.no_json_mode
             try:
                 async with self.slots:
                     await self.rate.wait()
-                    response = await self._request(endpoint, prompt)
+                    response = await self._request(endpoint, prompt, json_mode)
+                    text, finish_reason = _answer(response)
                 break
             except Exception as error:  # noqa: BLE001 - sorted into retry, reject or stop
-                if self._drop_json_mode(endpoint, error):
+                if json_mode and _refuses_json_mode(error):
+                    self.no_json_mode.add(endpoint.url)  # and this request is asked again
                     continue
+                if getattr(error, "status_code", None) in ENDPOINT_STATUS:
+                    raise EndpointFailed(endpoint, describe(error)) from None
                 if not _retryable(error):
                     raise RequestFailed(describe(error)) from None
                 if attempt >= s.retries:
@@ -154,20 +196,20 @@ class ChatClient:
                 delay = min(s.max_backoff_s, s.backoff_s * 2**attempt)
                 attempt += 1
                 await asyncio.sleep(self.jitter.uniform(0, delay))
-        choice = response.choices[0] if response.choices else None
-        usage = response.usage
+        usage = getattr(response, "usage", None)
         return Completion(
-            text=(choice.message.content or "") if choice else "",
+            text=text,
             model=self.models[endpoint.name],
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
             retries=attempt,
+            finish_reason=finish_reason,
         )
 
-    async def _request(self, endpoint: Endpoint, prompt: str) -> Any:
+    async def _request(self, endpoint: Endpoint, prompt: str, json_mode: bool) -> Any:
         s = self.settings
         extra = {}
-        if s.json_mode and endpoint.url not in self.no_json_mode:
+        if json_mode:
             extra["response_format"] = {"type": "json_object"}
         return await self.clients[endpoint.url].chat.completions.create(
             model=self.models[endpoint.name],
@@ -176,20 +218,6 @@ class ChatClient:
             temperature=s.temperature,
             **extra,
         )
-
-    def _drop_json_mode(self, endpoint: Endpoint, error: BaseException) -> bool:
-        """True (ask again) when the server refused response_format, the first time."""
-        import openai
-
-        refused = (
-            isinstance(error, openai.BadRequestError | openai.UnprocessableEntityError)
-            and "response_format" in str(error)
-            and endpoint.url not in self.no_json_mode
-            and self.settings.json_mode
-        )
-        if refused:
-            self.no_json_mode.add(endpoint.url)
-        return refused
 
     async def close(self) -> None:
         for client in self.clients.values():

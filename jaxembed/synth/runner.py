@@ -181,6 +181,8 @@ class _Run:
                 return outcome
             except BadAnswer as e:
                 reason, raw = str(e), completion.text
+                if completion.finish_reason == "length":  # the why, for --max-tokens
+                    reason = f"cut off at --max-tokens ({reason})"
         outcome.reject = {"id": item.id, "step": item.step, "endpoint": endpoint.url,
                           "reason": reason, "raw": raw}  # fmt: skip
         return outcome

@@ -1,7 +1,10 @@
 """A scripted OpenAI-compatible server on 127.0.0.1 for the synth fault tests: GET
 /v1/models and POST /v1/chat/completions, where `respond(prompt, n)` (n = the request's
 number, from 0) returns the answer text, or an int HTTP status to fail with, or a
-`("sleep", seconds, text)` to answer late. Every prompt it was asked is kept in `prompts`."""
+`("sleep", seconds, text)` to answer late, a `("cut", text)` to answer with finish_reason
+"length", a `("raw", body)` to answer 200 with a body that is not JSON. With
+`refuse_json_mode` a request carrying `response_format` gets HTTP 400 naming it (as some
+llama.cpp and TGI builds answer). Every prompt it was asked is kept in `prompts`."""
 
 from __future__ import annotations
 
@@ -22,9 +25,14 @@ class _QuietServer(ThreadingHTTPServer):
 
 class FakeLLM:
     def __init__(
-        self, respond: Callable[[str, int], Answer], model: str = "fake-model", port: int = 0
+        self,
+        respond: Callable[[str, int], Answer],
+        model: str = "fake-model",
+        port: int = 0,
+        refuse_json_mode: bool = False,
     ):
         self.respond = respond
+        self.refuse_json_mode = refuse_json_mode
         self.model = model
         self.prompts: list[str] = []
         self.arrivals: list[float] = []  # when each request came in (time.monotonic)
@@ -55,21 +63,35 @@ class FakeLLM:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
                 prompt = body["messages"][-1]["content"]
+                if server.refuse_json_mode and "response_format" in body:
+                    self._send(400, {"error": {"message": "response_format is not supported"}})
+                    return
                 with server.lock:
                     n = len(server.prompts)
                     server.prompts.append(prompt)
                     server.arrivals.append(time.monotonic())
                 answer = server.respond(prompt, n)
-                if isinstance(answer, tuple):
+                finish_reason = "stop"
+                if isinstance(answer, tuple) and answer[0] == "sleep":
                     _, seconds, answer = answer
                     time.sleep(seconds)
+                elif isinstance(answer, tuple) and answer[0] == "cut":
+                    finish_reason, answer = "length", answer[1]
+                elif isinstance(answer, tuple) and answer[0] == "raw":
+                    data = answer[1].encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if isinstance(answer, int):
                     self._send(answer, {"error": {"message": f"scripted {answer}"}})
                     return
                 self._send(200, {
                     "id": f"c{n}", "object": "chat.completion", "created": 0,
                     "model": server.model,
-                    "choices": [{"index": 0, "finish_reason": "stop",
+                    "choices": [{"index": 0, "finish_reason": finish_reason,
                                  "message": {"role": "assistant", "content": answer}}],
                     "usage": {"prompt_tokens": len(prompt.split()),
                               "completion_tokens": len(answer.split()),
