@@ -111,6 +111,23 @@ def test_corpus_may_be_the_beir_dataset_directory(corpus, tmp_path, capsys):
     assert not (tmp_path / "other.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    ("changed", "key"),
+    [(["--queries-per-doc", "2"], "queries_per_doc"), (["--instruction", "other"], "instruction")],
+)
+def test_resuming_with_settings_that_change_the_items_is_refused(
+    corpus, tmp_path, capsys, changed, key
+):
+    out = tmp_path / "synth.jsonl"
+    args = ["--corpus", str(corpus), "--count", "4", "--output", str(out)]
+    with FakeLLM(good_query) as llm:
+        assert synth("--endpoint", llm.url, *args) == 0
+        before = out.read_bytes()
+        assert synth("--endpoint", llm.url, *args, *changed) == 2
+    assert f"differs in {key}" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
 def test_malformed_answers_are_retried_then_rejected_with_the_raw_text(corpus, tmp_path):
     def respond(prompt, n):
         if "mitochondria" in prompt:
@@ -584,3 +601,42 @@ def test_a_task_file_needs_a_two_step_strategy_and_no_task_endpoint(corpus, tmp_
     assert synth("--strategy", "classification", "--task-endpoint", "http://127.0.0.1:9/v1",
                  *common) == 2  # fmt: skip
     assert "--tasks replaces step 1: drop --task-endpoint" in capsys.readouterr().err
+
+
+def test_a_kill_during_the_first_commit_leaves_an_output_that_resumes(tmp_path):
+    from jaxembed.synth.store import SynthStore
+
+    out = tmp_path / "synth.jsonl"
+    SynthStore(out, {"run": 1}).open()
+    with out.open("a") as f:  # the first batch half appended, then kill -9
+        f.write('{"query": "half a rec')
+    progress = SynthStore(out, {"run": 1}).open()
+    assert progress.done == set() and out.read_text() == ""
+
+
+def test_a_commit_that_failed_half_way_can_be_made_again_without_duplicates(tmp_path, monkeypatch):
+    import os
+
+    from jaxembed.synth import store as store_module
+
+    out = tmp_path / "synth.jsonl"
+    store = store_module.SynthStore(out, {"run": 1})
+    progress = store.open()
+    records = [{"query": f"q{i}"} for i in range(3)]
+    done = [{"id": f"i{i}", "outcome": "kept"} for i in range(3)]
+    real_fsync, calls = os.fsync, []
+
+    def failing_fsync(fd):  # the records reach the disk, the done list does not
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        store.commit(progress, records, [], done)
+    assert progress.sizes["records"] == 0 and progress.done == set()  # nothing recorded
+    store.commit(progress, records, [], done)
+    assert read_jsonl(out) == records
+    resumed = store_module.SynthStore(out, {"run": 1}).open()
+    assert resumed.done == {"i0", "i1", "i2"} and read_jsonl(out) == records

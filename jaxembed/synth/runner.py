@@ -17,13 +17,12 @@ from typing import Any
 from jaxembed.data.formats import parse_training_record
 from jaxembed.errors import RunStopped
 from jaxembed.progress import progress_bar
-from jaxembed.synth import task_list
 from jaxembed.synth.answers import BadAnswer, parse_object
 from jaxembed.synth.client import ChatClient, ClientSettings, EndpointFailed, RequestFailed
 from jaxembed.synth.endpoints import Endpoint, draw
 from jaxembed.synth.filters import FilterSettings, RecordFilter, normalized
 from jaxembed.synth.store import SynthStore
-from jaxembed.synth.strategies import Item, Strategy, item_rng, parse_tasks
+from jaxembed.synth.strategies import Item, Strategy, digest, item_rng, parse_tasks
 from jaxembed.synth.templates import Template
 
 
@@ -66,9 +65,10 @@ def run_synth(
         "seed": options.seed,
         "num_tasks": options.num_tasks,
         "prompts": {name: t.version for name, t in sorted(templates.items())},
+        **strategy.settings(),
     }
     if options.tasks is not None:
-        run_key["tasks_file"] = task_list.digest(list(options.tasks))
+        run_key["tasks_file"] = digest(list(options.tasks))
     store = SynthStore(output, run_key)
     return asyncio.run(
         _Run(strategy, templates, endpoints, client_settings, api_key, store, options,

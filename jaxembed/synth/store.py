@@ -57,7 +57,9 @@ class SynthStore:
             self.output.parent.mkdir(parents=True, exist_ok=True)
             for path in self.paths.values():
                 path.touch()  # a run that keeps nothing still leaves its (empty) output
-            return Progress()
+            progress = Progress()
+            self._save(progress.sizes, progress.counts)  # a kill before the first commit
+            return progress  # leaves an output that resumes
         try:
             saved = json.loads(self.progress_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
@@ -99,17 +101,24 @@ class SynthStore:
         rejects: list[dict[str, Any]],
         done: list[dict[str, str]],
     ) -> None:
+        sizes = dict(progress.sizes)
         for name, rows in (("records", records), ("rejects", rejects), ("done", done)):
             if not rows:
                 continue
             data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
-            with open(self.paths[name], "ab") as f:
+            with open(self.paths[name], "r+b") as f:
+                f.truncate(sizes[name])  # what a commit that failed half-way left
+                f.seek(sizes[name])
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            progress.sizes[name] = self.paths[name].stat().st_size
+            sizes[name] += len(data)
+        self._save(sizes, progress.counts)
+        progress.sizes = sizes  # only once recorded: a failed commit can be made again
         progress.done.update(d["id"] for d in done)
-        state = {"run": self.run_key, "sizes": progress.sizes, "counts": progress.counts}
+
+    def _save(self, sizes: dict[str, int], counts: dict[str, Any]) -> None:
+        state = {"run": self.run_key, "sizes": sizes, "counts": counts}
         with atomic_file(self.progress_path) as tmp:
             tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
 

@@ -16,6 +16,8 @@ so the same seed asks for the same items whatever ran before (the answers may di
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -51,6 +53,11 @@ def item_rng(seed: int, item_id: str) -> random.Random:
     return random.Random(f"{seed}:{item_id}")
 
 
+def digest(values: list[str]) -> str:
+    """A short fingerprint of a list of strings, for a run's key."""
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
+
+
 class Strategy(Protocol):
     name: str
     task_step: str | None  # step 1's template (None: no step 1)
@@ -62,6 +69,10 @@ class Strategy(Protocol):
     def items(self, tasks: list[str], count: int, seed: int) -> list[Item]: ...
 
     def record(self, item: Item, answer: dict[str, Any]) -> dict[str, Any]: ...
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the items and records besides the seed: a resumed run must match."""
+        ...
 
 
 MAX_LABEL_WORDS = 8
@@ -120,6 +131,9 @@ class _TwoStep:
     def item_values(self, rng: random.Random) -> dict[str, Any]:
         raise NotImplementedError
 
+    def settings(self) -> dict[str, Any]:
+        return {"tasks_per_request": self.tasks_per_request}
+
 
 class SeedCorpus:
     name = "seed_corpus"
@@ -141,6 +155,14 @@ class SeedCorpus:
 
     def task_requests(self, count: int, seed: int) -> list[Item]:
         return []
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "corpus": digest(sorted(self.corpus)),  # the ids decide which documents are drawn
+            "instruction": self.instruction,
+            "queries_per_doc": self.queries_per_doc,
+            "max_document_words": self.max_document_words,
+        }
 
     def items(self, tasks: list[str], count: int, seed: int) -> list[Item]:
         ids = sorted(self.corpus)
@@ -192,6 +214,9 @@ class FromScratch(_TwoStep):
         self.tasks_per_request = tasks_per_request
         self.language = language
 
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "language": self.language}
+
     def item_values(self, rng: random.Random) -> dict[str, Any]:
         return {
             "query_type": rng.choice(QUERY_TYPES),
@@ -227,6 +252,9 @@ class Classification(_TwoStep):
     def __init__(self, tasks_per_request: int = 10, num_misleading: int = 2):
         self.tasks_per_request = tasks_per_request
         self.num_misleading = num_misleading
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "num_misleading": self.num_misleading}
 
     def item_values(self, rng: random.Random) -> dict[str, Any]:
         return {

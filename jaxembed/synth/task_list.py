@@ -3,7 +3,6 @@ already knows it wants, or ones a stronger model wrote earlier."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -53,8 +52,3 @@ def _json_tasks(path: Path, text: str) -> list[tuple[str, str]]:
         if not isinstance(task, str):
             raise UserInputError(f"{path}: tasks[{i}] is {type(task).__name__}, not a string")
     return [(f"tasks[{i}]", task) for i, task in enumerate(data)]
-
-
-def digest(tasks: list[str]) -> str:
-    """What the run key records, so a resumed run with another list is refused."""
-    return hashlib.sha256(json.dumps(tasks).encode()).hexdigest()[:16]
