@@ -442,6 +442,20 @@ def test_two_step_strategies_make_instructed_records(tmp_path):
     assert len(tasks) == 2
 
 
+def test_a_step_one_that_yields_no_task_stops_with_its_rejects_counted(tmp_path, capsys):
+    out = tmp_path / "fs.jsonl"
+    args = ["--strategy", "from_scratch", "--count", "4", "--output", str(out),
+            "--num-tasks", "2", "--parse-retries", "0"]  # fmt: skip
+    with FakeLLM(lambda prompt, n: "I cannot think of any tasks.") as llm:
+        assert synth("--endpoint", llm.url, *args) == 1
+    assert "step 1 (from_scratch_tasks) produced no task: no JSON object" in capsys.readouterr().err
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    assert report["rejects_by_reason"] == {"no JSON object": 1}
+    assert report["totals"]["step1_rejected"] == 1
+    (reject,) = read_jsonl(Path(str(out) + ".rejects.jsonl"))
+    assert reject["raw"] == "I cannot think of any tasks."
+
+
 def test_bad_prompt_template_names_the_file_and_the_placeholder(corpus, tmp_path, capsys):
     template = tmp_path / "mine.txt"
     template.write_text("Write a {query_type} query for: {document}\n")
@@ -640,3 +654,16 @@ def test_a_commit_that_failed_half_way_can_be_made_again_without_duplicates(tmp_
     assert read_jsonl(out) == records
     resumed = store_module.SynthStore(out, {"run": 1}).open()
     assert resumed.done == {"i0", "i1", "i2"} and read_jsonl(out) == records
+
+
+def test_a_forgotten_record_no_longer_blocks_its_duplicates():
+    """What the round trip drops leaves the output, so it must not filter later queries."""
+    from jaxembed.synth.filters import FilterSettings, RecordFilter
+
+    f = RecordFilter(FilterSettings())
+    dropped = {"query": "does daily aspirin prevent a second heart attack in adults"}
+    f.remember(dropped)
+    assert f.rule(dropped) == "duplicate"
+    assert f.rule({"query": dropped["query"] + "?"}) == "near duplicate"
+    f.forget(dropped)
+    assert f.rule(dropped) is None and f.rule({"query": dropped["query"] + "?"}) is None

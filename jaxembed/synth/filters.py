@@ -62,4 +62,12 @@ class RecordFilter:
             return
         self.seen.add(query)
         if self.lsh is not None:
-            self.lsh.insert(str(len(self.seen)), self._minhash(query))
+            self.lsh.insert(query, self._minhash(query))
+
+    def forget(self, record: dict[str, Any]) -> None:
+        """A remembered record dropped after all (the round trip): it blocks nothing."""
+        query = normalized(record["query"])
+        if query in self.seen:
+            self.seen.discard(query)
+            if self.lsh is not None:
+                self.lsh.remove(query)

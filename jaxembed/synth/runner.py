@@ -142,11 +142,14 @@ class _Run:
                     seen.add(normalized(task))
                     tasks.append(task)
         rejects = [o.reject for o in answers if o.reject]
-        if rejects:  # with their raw text, as any reject
-            self.store.commit(self.progress, [], rejects, [])
+        if rejects:  # with their raw text, as any reject, and in the report's counts
             for reject in rejects:
                 self.rejects_by_reason[_reason_key(reject["reason"])] += 1
+            self.totals["step1_rejected"] += len(rejects)
+            self.progress.counts = self._counts()
+            self.store.commit(self.progress, [], rejects, [])
         if not tasks:
+            self._report(None)
             reasons = "; ".join(sorted({r["reason"] for r in rejects}))
             raise RunStopped(f"step 1 ({self.strategy.task_step}) produced no task: {reasons}")
         tasks = tasks[: self.options.num_tasks]
@@ -296,16 +299,19 @@ class _Run:
     def _check_round_trip(self, batch: dict[str, list]) -> None:
         """Drop the batch's records whose seed document the teacher ranks below top k."""
         records = batch["records"]
-        ranks = self.round_trip.ranks(records)
+        # a commit made again after a failure: its records were checked already
+        unchecked = [r for r in records if "teacher_rank" not in r["provenance"]]
+        ranks = self.round_trip.ranks(unchecked) if unchecked else []
         failed = set()
-        for record, rank in zip(records, ranks, strict=True):
+        for record, rank in zip(unchecked, ranks, strict=True):
             record["provenance"]["teacher_rank"] = rank
             if rank >= self.round_trip.top_k:
                 failed.add(record["provenance"]["item"])
+                self.filter.forget(record)  # not in the output: no later query's duplicate
                 per_model = self.per_model[record["provenance"]["model"]]
                 per_model["kept"] -= 1
                 per_model["filtered"] += 1
-        self.totals["round_trip_checked"] += len(records)
+        self.totals["round_trip_checked"] += len(unchecked)
         if not failed:
             return
         batch["records"] = [r for r in records if r["provenance"]["item"] not in failed]
