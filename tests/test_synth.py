@@ -253,6 +253,18 @@ def test_an_answer_cut_off_at_max_tokens_says_so(corpus, tmp_path):
     assert report["rejects_by_reason"] == {"cut off at --max-tokens": 1}
 
 
+def test_a_server_without_a_models_list_needs_the_model_named(corpus, tmp_path, capsys):
+    out = tmp_path / "synth.jsonl"
+    with FakeLLM(good_query, lists_models=False) as llm:
+        assert synth("--endpoint", llm.url, "--corpus", str(corpus), "--count", "3",
+                     "--output", str(out)) == 2  # fmt: skip
+        assert f"--endpoint {llm.url}: no model list (HTTP 404" in capsys.readouterr().err
+        assert synth("--endpoint", f"{llm.url},model=my-model", "--corpus", str(corpus),
+                     "--count", "3", "--output", str(out)) == 0  # fmt: skip
+    records = read_jsonl(out)
+    assert len(records) == 3 and records[0]["provenance"]["model"] == "my-model"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

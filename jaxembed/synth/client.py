@@ -154,12 +154,21 @@ class ChatClient:
         self.jitter = random.Random(0)
 
     async def check(self, endpoints: list[Endpoint]) -> None:
-        """Every endpoint answers and serves a model (the first it lists, unless named):
-        one line naming the URL otherwise, before any work starts."""
+        """Every endpoint answers and serves a model (the first it lists, unless named; a
+        named one is trusted where the server has no /models): one line naming the URL
+        otherwise, before any work starts."""
         for e in endpoints:
             try:
                 listed = [m.id async for m in self.clients[e.url].models.list()]
             except Exception as error:  # noqa: BLE001 - reported as the endpoint's fault
+                if getattr(error, "status_code", None) == 404:
+                    if e.model:
+                        self.models[e.name] = e.model  # it answers, but lists no models
+                        continue
+                    raise UserInputError(
+                        f"--endpoint {e.url}: no model list (HTTP 404 on /models): is the "
+                        "URL right (it usually ends in /v1)? If so, give model=NAME"
+                    ) from None
                 reason = describe(error)
                 raise UserInputError(f"--endpoint {e.url}: unreachable ({reason})") from None
             if e.model and listed and e.model not in listed:

@@ -30,9 +30,11 @@ class FakeLLM:
         model: str = "fake-model",
         port: int = 0,
         refuse_json_mode: bool = False,
+        lists_models: bool = True,
     ):
         self.respond = respond
         self.refuse_json_mode = refuse_json_mode
+        self.lists_models = lists_models  # False: GET /v1/models is a 404
         self.model = model
         self.prompts: list[str] = []
         self.arrivals: list[float] = []  # when each request came in (time.monotonic)
@@ -52,7 +54,7 @@ class FakeLLM:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if self.path.rstrip("/").endswith("/models"):
+                if self.path.rstrip("/").endswith("/models") and server.lists_models:
                     self._send(200, {"object": "list", "data": [
                         {"id": server.model, "object": "model", "owned_by": "test"}
                     ]})  # fmt: skip
