@@ -131,9 +131,8 @@ def _answer(response: Any) -> tuple[str, str]:
         content = "".join(
             (part.get("text") or "") if isinstance(part, dict) else str(part) for part in content
         )
-    return (content if isinstance(content, str) else ""), str(
-        getattr(choice, "finish_reason", None) or ""
-    )
+    text = content if isinstance(content, str) else ""
+    return text, str(getattr(choice, "finish_reason", None) or "")
 
 
 class ChatClient:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from jaxembed.errors import UserInputError
+from jaxembed.synth.filters import normalized
 
 
 def read_task_list(path: str | Path) -> list[str]:
@@ -31,8 +32,8 @@ def read_task_list(path: str | Path) -> list[str]:
                 f"{path}:{where}: task {task!r} is too short to be an instruction "
                 "(write it as one, e.g. 'Given a claim, retrieve evidence for it')"
             )
-        if task.lower() not in seen:
-            seen.add(task.lower())
+        if normalized(task) not in seen:
+            seen.add(normalized(task))
             unique.append(task)
     if not unique:
         raise UserInputError(f"--tasks {path}: no tasks")
